@@ -10,8 +10,10 @@ Importing the package has no side effects. Sub-packages:
 * ``contrastive_jax.evaluate`` regression metrics
 """
 
+from contrastive_jax import data
 from contrastive_jax import evaluate
 from contrastive_jax import losses
+from contrastive_jax import models
 from contrastive_jax import pairwise
 
 __version__ = "0.1.0"

@@ -1,0 +1,195 @@
+"""Bundled real demo data for regression: no network, no downloads.
+
+Two datasets ship with scikit-learn and are turned into regression tasks here:
+
+* ``digits_angle`` -- the 1797 real 8x8 handwritten digits of ``sklearn.datasets.load_digits``,
+  each upsampled (bilinear ``scipy.ndimage.zoom``) and rotated by a random angle; the target is
+  that angle in degrees, so the label is exact. An image regression task in the spirit of the age /
+  ejection-fraction tasks of the papers, small enough to train on a CPU in seconds.
+* ``diabetes`` -- ``sklearn.datasets.load_diabetes(scaled=False)``: 442 patients, 10 clinical
+  features, target = disease progression one year after baseline (25..346). Features are
+  standardised with the training split's statistics; the target stays in its natural unit.
+
+Splits are a deterministic 70/15/15 train/val/test partition drawn from ``seed``. For
+``digits_angle`` the partition is over *source images*: every rotated copy of one digit lands in the
+same split, so no digit seen in training (at another angle) leaks into validation or test.
+
+Usage::
+
+    ds = load_dataset('digits_angle', seed=0)      # ds.train.x: float32 [2514, 16, 16, 1] in [0, 1]
+    ds = load_dataset('diabetes', seed=0)          # ds.train.x: float32 [310, 10], standardised
+
+Learnability of ``digits_angle`` (defaults): ridge regression (alpha=1) on the flattened pixels
+reaches a test MAE of 3.8 / 3.5 / 3.4 degrees for seeds 0 / 1 / 2, against 22.7 / 22.1 / 21.4
+degrees for predicting the training mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+DATASETS = ('digits_angle', 'diabetes')
+
+# Fractions of the train / val / test partition: val and test get round(0.15 * n) each, train the
+# rest.
+_VAL_FRACTION = 0.15
+_TEST_FRACTION = 0.15
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a dataset.
+
+  Attributes:
+    x: float32 inputs; images ``[N, H, W, C]`` with values in [0, 1], tabular ``[N, F]``.
+    y: float32 ``[N]``, the regression target in its natural unit (degrees, disease progression).
+  """
+  x: np.ndarray
+  y: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.y.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A named dataset with train / val / test splits.
+
+  Attributes:
+    name: one of ``DATASETS``.
+    kind: ``'image'`` or ``'tabular'`` (selects the augmentation, see ``augment.get_augment_fn``).
+    train, val, test: the three disjoint splits.
+  """
+  name: str
+  kind: str
+  train: Split
+  val: Split
+  test: Split
+
+  @property
+  def label_range(self) -> float:
+    """``max(train.y) - min(train.y)``, e.g. the scale of ACCon / AdaCon label distances."""
+    return float(np.max(self.train.y) - np.min(self.train.y))
+
+
+def split_indices(num_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Deterministic 70/15/15 partition of ``range(num_examples)`` drawn from ``seed``.
+
+  Returns sorted index arrays ``(train, val, test)``. ``load_dataset`` applies it to source images
+  (``digits_angle``) or rows (``diabetes``).
+  """
+  if num_examples < 3:
+    raise ValueError(f'num_examples must be >= 3 to make three splits, got {num_examples}.')
+  n_val = max(1, int(round(_VAL_FRACTION * num_examples)))
+  n_test = max(1, int(round(_TEST_FRACTION * num_examples)))
+  perm = np.random.default_rng([seed, 0]).permutation(num_examples)
+  n_train = num_examples - n_val - n_test
+  train, val, test = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+  return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _rotated_digits(images: np.ndarray, angles: np.ndarray, upsample: int) -> np.ndarray:
+  """``images [N, 8, 8]`` in [0, 1], ``angles [N, copies]`` -> float32 ``[N, copies, S, S, 1]``."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  if upsample > 1:
+    images = np.stack([ndimage.zoom(im, upsample, order=1) for im in images])
+  n, copies = angles.shape
+  out = np.empty((n, copies) + images.shape[1:], np.float32)
+  for i in range(n):
+    for c in range(copies):
+      out[i, c] = ndimage.rotate(images[i], angles[i, c], reshape=False, order=1, mode='constant')
+  # Bilinear interpolation is a convex combination, so only float rounding can leave [0, 1].
+  return np.clip(out, 0.0, 1.0)[..., None]
+
+
+def _load_digits_angle(seed: int, max_angle: float = 45.0, upsample: int = 2,
+                       copies: int = 2) -> Dataset:
+  """Rotated sklearn digits; y = rotation angle in degrees, uniform in [-max_angle, max_angle]."""
+  max_angle = float(max_angle)
+  if not np.isfinite(max_angle) or max_angle < 0:
+    raise ValueError(f'max_angle must be a finite number >= 0, got {max_angle}.')
+  if int(upsample) != upsample or upsample < 1:
+    raise ValueError(f'upsample must be an integer >= 1, got {upsample}.')
+  if int(copies) != copies or copies < 1:
+    raise ValueError(f'copies must be an integer >= 1, got {copies}.')
+  upsample, copies = int(upsample), int(copies)
+
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  images = load_digits().images.astype(np.float64) / 16.0  # [1797, 8, 8], pixel values 0..16
+  train_idx, val_idx, test_idx = split_indices(len(images), seed)
+  # The angle stream is separate from the split stream: changing copies does not move the split.
+  angles = np.random.default_rng([seed, 1]).uniform(-max_angle, max_angle,
+                                                   size=(len(images), copies))
+  rotated = _rotated_digits(images, angles, upsample)  # [N, copies, S, S, 1]
+
+  def make(idx: np.ndarray) -> Split:
+    x = rotated[idx].reshape((-1,) + rotated.shape[2:])  # copies of one source stay adjacent
+    y = angles[idx].reshape(-1).astype(np.float32)
+    return Split(x=x, y=y)
+
+  return Dataset(name='digits_angle', kind='image', train=make(train_idx), val=make(val_idx),
+                 test=make(test_idx))
+
+
+def _load_diabetes(seed: int) -> Dataset:
+  """sklearn diabetes, unscaled; features standardised with the train mean / std, y untouched."""
+  from sklearn.datasets import load_diabetes  # pylint: disable=g-import-not-at-top
+  raw = load_diabetes(scaled=False)
+  x = np.asarray(raw.data, np.float64)
+  y = np.asarray(raw.target, np.float32)
+  train_idx, val_idx, test_idx = split_indices(len(y), seed)
+  mean = x[train_idx].mean(axis=0)
+  std = x[train_idx].std(axis=0)
+  std = np.where(std > 0, std, 1.0)  # a constant feature stays 0 instead of becoming NaN
+
+  def make(idx: np.ndarray) -> Split:
+    return Split(x=((x[idx] - mean) / std).astype(np.float32), y=y[idx])
+
+  return Dataset(name='diabetes', kind='tabular', train=make(train_idx), val=make(val_idx),
+                 test=make(test_idx))
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    'digits_angle': _load_digits_angle,
+    'diabetes': _load_diabetes,
+}
+
+
+def _validate(ds: Dataset) -> Dataset:
+  for split_name in ('train', 'val', 'test'):
+    split = getattr(ds, split_name)
+    if len(split.y) == 0:
+      raise ValueError(f'Dataset {ds.name!r}: the {split_name} split is empty.')
+    if split.x.shape[0] != split.y.shape[0]:
+      raise ValueError(f'Dataset {ds.name!r}: {split_name} split has {split.x.shape[0]} inputs but '
+                       f'{split.y.shape[0]} labels.')
+    bad = int(np.count_nonzero(~np.isfinite(split.y)))
+    if bad:
+      raise ValueError(f'Dataset {ds.name!r}: {bad} non-finite label(s) in the {split_name} split.')
+  return ds
+
+
+def load_dataset(name: str, seed: int = 0, **kwargs) -> Dataset:
+  """Loads a bundled dataset (no network).
+
+  Args:
+    name: one of ``DATASETS``.
+    seed: selects the train/val/test partition (and, for ``digits_angle``, the rotation angles).
+    **kwargs: dataset options. ``digits_angle``: ``max_angle=45.0`` (degrees), ``upsample=2``
+      (zoom factor applied to the 8x8 digit before rotating; output images are ``8 * upsample``
+      pixels wide), ``copies=2`` (independently rotated copies per source image). ``diabetes``:
+      none.
+
+  Returns:
+    A validated ``Dataset`` with float32 arrays.
+
+  Raises:
+    ValueError: unknown ``name``, bad option values, non-finite labels or an empty split.
+    TypeError: an option the dataset does not take.
+  """
+  if name not in _LOADERS:
+    raise ValueError(f'Unknown dataset name {name!r}; available: {", ".join(DATASETS)}.')
+  return _validate(_LOADERS[name](seed, **kwargs))

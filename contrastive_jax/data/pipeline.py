@@ -1,0 +1,128 @@
+"""Deterministic, resumable host-side batching (numpy).
+
+``train_batch(split, global_batch_size, seed, step)`` is a pure function of ``(seed, step)``: the
+permutation of epoch ``e`` is ``np.random.default_rng([seed, e]).permutation(N)`` and step ``s``
+takes slice ``s % steps_per_epoch`` of the permutation of epoch ``s // steps_per_epoch`` (the
+incomplete last batch is dropped). Resuming from a checkpoint therefore needs only the step number:
+the batch at step ``s`` never depends on what was drawn before.
+
+In a multi-process run (``jax.process_count() > 1``) every process calls the same function with its
+own ``process_index`` and gets its contiguous ``1/process_count`` slice of the global batch;
+concatenating the slices in process order gives the single-process global batch.
+
+``eval_batches`` walks a split in order and pads the last batch (``'mask'`` marks real rows), so
+every batch has the same shape and a jit-compiled eval step compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from contrastive_jax.data.demo import Split
+
+
+def _check_positive_int(name: str, value) -> int:
+  if isinstance(value, bool) or int(value) != value or value <= 0:
+    raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+  return int(value)
+
+
+def _local_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  """The rows of a global batch that belong to ``process_index``."""
+  process_count = _check_positive_int('process_count', process_count)
+  if isinstance(process_index, bool) or int(process_index) != process_index or not (
+      0 <= process_index < process_count):
+    raise ValueError(f'process_index must be an integer in [0, process_count={process_count}), '
+                     f'got {process_index!r}.')
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} must be divisible by '
+                     f'process_count={process_count}.')
+  local = global_batch_size // process_count
+  return slice(int(process_index) * local, (int(process_index) + 1) * local)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Number of full batches in one epoch (the incomplete last batch is dropped).
+
+  Raises:
+    ValueError: non-positive ``global_batch_size``, or ``global_batch_size > num_examples`` (zero
+      steps).
+  """
+  global_batch_size = _check_positive_int('global_batch_size', global_batch_size)
+  if int(num_examples) != num_examples or num_examples < 0:
+    raise ValueError(f'num_examples must be a non-negative integer, got {num_examples!r}.')
+  steps = int(num_examples) // global_batch_size
+  if steps == 0:
+    raise ValueError(f'global_batch_size={global_batch_size} is larger than the split '
+                     f'(num_examples={num_examples}): an epoch would have no full batch.')
+  return steps
+
+
+def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
+                process_index: int = 0, process_count: int = 1,
+                cdf_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """The training batch at ``step``: a pure function of ``(seed, step)``.
+
+  Args:
+    split: the training split.
+    global_batch_size: examples per step summed over all processes.
+    seed: data-order seed.
+    step: global step (>= 0); ``epoch = step // steps_per_epoch``.
+    process_index: this process (``jax.process_index()``).
+    process_count: number of processes (``jax.process_count()``).
+    cdf_fn: optional ``y -> F(y)`` in [0, 1], the ECDF of the training labels (AdaCon). When given,
+      the batch carries ``'cdf'``.
+
+  Returns:
+    ``{'x': float32 [b, ...], 'y': float32 [b]}`` plus ``'cdf': float32 [b]`` when ``cdf_fn`` is
+    given, with ``b = global_batch_size // process_count``.
+  """
+  num = len(split.y)
+  spe = steps_per_epoch(num, global_batch_size)
+  local = _local_slice(global_batch_size, process_index, process_count)
+  if isinstance(step, bool) or int(step) != step or step < 0:
+    raise ValueError(f'step must be a non-negative integer, got {step!r}.')
+  epoch, within = divmod(int(step), spe)
+  perm = np.random.default_rng([int(seed), epoch]).permutation(num)
+  idx = perm[within * global_batch_size:(within + 1) * global_batch_size][local]
+  batch = {'x': np.asarray(split.x[idx], np.float32), 'y': np.asarray(split.y[idx], np.float32)}
+  if cdf_fn is not None:
+    cdf = np.asarray(cdf_fn(batch['y']), np.float32)
+    if cdf.shape != batch['y'].shape:
+      raise ValueError(f'cdf_fn must return one value per label, shape {batch["y"].shape}; '
+                       f'got shape {cdf.shape}.')
+    batch['cdf'] = cdf
+  return batch
+
+
+def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Walks ``split`` in order in batches of ``global_batch_size`` (this process's slice of each).
+
+  The last batch is padded to full size by repeating the split's first example; ``'mask'`` is 1 for
+  real rows and 0 for padding, so metrics are ``sum(mask * err) / sum(mask)``. Unlike
+  ``train_batch``, a batch larger than the split is allowed here (one padded batch). Arguments are
+  checked when ``eval_batches`` is called, not when the iterator is first advanced.
+
+  Yields:
+    ``{'x': float32 [b, ...], 'y': float32 [b], 'mask': float32 [b]}``,
+    ``b = global_batch_size // process_count``.
+  """
+  global_batch_size = _check_positive_int('global_batch_size', global_batch_size)
+  local = _local_slice(global_batch_size, process_index, process_count)
+  num = len(split.y)
+  if num == 0:
+    raise ValueError('split is empty: nothing to evaluate.')
+  x = np.asarray(split.x, np.float32)
+  y = np.asarray(split.y, np.float32)
+
+  def generate() -> Iterator[dict[str, np.ndarray]]:
+    for start in range(0, num, global_batch_size):
+      idx = np.arange(start, start + global_batch_size)
+      real = idx < num
+      idx = np.where(real, idx, 0)[local]
+      yield {'x': x[idx], 'y': y[idx], 'mask': real[local].astype(np.float32)}
+
+  return generate()

@@ -1,0 +1,3 @@
+"""Evaluation: regression metrics."""
+
+from contrastive_jax.evaluate.metrics import regression_metrics

@@ -1,0 +1,33 @@
+"""Contrastive and regression losses: pure, jit-able functions returning a float32 scalar.
+
+Calling convention (METHODS.md): ``features [batch, views, dim]``, ``labels [batch]``; every row is an
+anchor. Each contrastive loss also runs per shard inside ``jax.shard_map`` when given ``axis_name``:
+it all-gathers features and labels, computes its own anchors' rows, and returns the global mean.
+"""
+
+from contrastive_jax.losses.accon import accon
+from contrastive_jax.losses.adacon import ECDF
+from contrastive_jax.losses.adacon import adacon
+from contrastive_jax.losses.adacon import fit_ecdf
+from contrastive_jax.losses.regression import REGRESSION_LOSSES
+from contrastive_jax.losses.regression import regression_loss
+from contrastive_jax.losses.rnc import rnc
+from contrastive_jax.losses.supcon import simclr
+from contrastive_jax.losses.supcon import supcon
+
+# Registry used by the trainer: config.method -> loss function.
+CONTRASTIVE_LOSSES = {
+    "simclr": simclr,
+    "supcon": supcon,
+    "adacon": adacon,
+    "accon": accon,
+    "rnc": rnc,
+}
+
+
+def get_contrastive_loss(name: str):
+  """The contrastive loss registered under ``name`` (ValueError listing the known names)."""
+  if name not in CONTRASTIVE_LOSSES:
+    raise ValueError(f"Unknown contrastive method {name!r}; expected one of "
+                     f"{sorted(CONTRASTIVE_LOSSES)}.")
+  return CONTRASTIVE_LOSSES[name]

@@ -1,0 +1,83 @@
+"""AdaCon: adaptive-margin contrastive loss (Dai et al., IEEE TMI 2023; adacon_dai2022_tmi, Eq. 4-6).
+
+    d_ia = 2 |phi(y_i) - phi(y_a)|                                  (Eq. 4; 0 for positives)
+    phi(y) = (1/N) sum_j 1[y_j <= y]   over the TRAINING labels      (Eq. 5)
+    L = mean_i -(1/|P(i)|) sum_p log[ exp(s cos_ip) / sum_{a != i} exp(s (cos_ia + d_ia)) ]   (Eq. 6)
+
+with ``s = 1 / temperature`` (150 in the paper and the official code). Eq. 6 writes a sum over anchors;
+like the official code (a SupContrast derivative, ``SupConLoss_admargin``) we take the mean, which only
+rescales the learning rate. The official logits ``s (cos + clamp(2/N_train * |r_i - r_j|, 0, 2))`` with
+mid-ranks ``r`` equal these with ``phi = r / N_train``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from contrastive_jax.losses import _checks
+from contrastive_jax.losses.supcon import cosine_rows
+from contrastive_jax.losses.supcon import supcon_from_logits
+
+
+@flax.struct.dataclass
+class ECDF:
+  """Empirical CDF of the training labels (AdaCon Eq. 5); a pytree, usable inside ``jit``."""
+  sorted_labels: jax.Array
+
+  def __call__(self, y):
+    """``phi(y) = #{train labels <= y} / N`` for an array ``y`` (NumPy in, NumPy out; else jnp)."""
+    n = self.sorted_labels.shape[0]
+    if isinstance(y, np.ndarray) and isinstance(self.sorted_labels, np.ndarray):
+      return (np.searchsorted(self.sorted_labels, y, side="right") / n).astype(np.float32)
+    idx = jnp.searchsorted(jnp.asarray(self.sorted_labels), y, side="right")
+    return idx.astype(jnp.float32) / n
+
+
+def fit_ecdf(train_labels) -> ECDF:
+  """Fits phi on the training labels: sorted labels, evaluated with ``searchsorted``.
+
+  Raises:
+    ValueError: if ``train_labels`` is empty, not 1-D, non-finite, or constant (phi would be the step
+      function 1 everywhere and every margin 0: AdaCon would silently become SupCon).
+  """
+  y = np.asarray(train_labels, dtype=np.float64)
+  if y.ndim != 1 or y.size == 0:
+    raise ValueError(f"`train_labels` must be a non-empty 1-D array; got shape {y.shape}.")
+  bad = int(np.sum(~np.isfinite(y)))
+  if bad:
+    raise ValueError(f"`train_labels` has {bad} non-finite value(s); the ECDF needs finite labels.")
+  if np.all(y == y[0]):
+    raise ValueError(f"`train_labels` are all equal ({y[0]}): the AdaCon ECDF margin would be 0 "
+                     "for every pair. Check the target column.")
+  return ECDF(sorted_labels=np.sort(y).astype(np.float32))
+
+
+def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature: float = 1.0 / 150.0,
+           *, axis_name: Optional[str] = None) -> jax.Array:
+  """Adaptive-margin contrastive loss (AdaCon Eq. 6).
+
+  Args:
+    features: ``[batch, views, dim]`` projections (L2-normalised here).
+    labels: ``[batch]`` regression labels; positives are the rows with exactly the same label.
+    cdf: ``[batch]`` ``phi(labels)`` in [0, 1] from ``fit_ecdf(train_labels)``.
+    temperature: ``1 / s``; the paper's s = 150.
+    axis_name: mesh axis when called per shard inside ``shard_map``.
+  """
+  features = _checks.check_features(features, axis_name)
+  labels = _checks.check_per_sample(labels, features.shape[0], "labels")
+  cdf = _checks.check_per_sample(cdf, features.shape[0], "cdf")
+  host_cdf = _checks.concrete(cdf)
+  if host_cdf is not None and (np.any(host_cdf < 0) or np.any(host_cdf > 1)):
+    raise ValueError("`cdf` must lie in [0, 1] (the ECDF of the training labels, see fit_ecdf).")
+  _checks.check_positive(temperature, "temperature")
+  rows, cos = cosine_rows(features, axis_name)
+  anchor_y, column_y = rows.per_sample(labels, axis_name)
+  anchor_phi, column_phi = rows.per_sample(cdf.astype(cos.dtype), axis_name)
+  positive = anchor_y[:, None] == column_y[None, :]
+  margin = jnp.where(positive, 0.0, 2.0 * jnp.abs(anchor_phi[:, None] - column_phi[None, :]))
+  return supcon_from_logits(rows, (cos + margin) / temperature, positive, 1.0, axis_name)

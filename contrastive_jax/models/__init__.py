@@ -1,0 +1,84 @@
+"""Flax linen encoders and heads, chosen by name through ``ENCODERS``/``build_model``."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from contrastive_jax.models.cnn import SmallCNN
+from contrastive_jax.models.heads import l2_normalize
+from contrastive_jax.models.heads import LinearHead
+from contrastive_jax.models.heads import ProjectionHead
+from contrastive_jax.models.mlp import MLPEncoder
+from contrastive_jax.models.net import ContrastiveRegressor
+from contrastive_jax.models.resnet import BasicBlock
+from contrastive_jax.models.resnet import ResNet
+from contrastive_jax.models.resnet import ResNet18
+
+ENCODERS = {
+    'mlp': MLPEncoder,
+    'small_cnn': SmallCNN,
+    'resnet18': ResNet18,
+}
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+  """Reads ``key`` from a mapping or an attribute object (e.g. a ConfigDict)."""
+  if isinstance(cfg, Mapping):
+    return cfg.get(key, default)
+  if hasattr(cfg, 'get'):  # ml_collections.ConfigDict is not a Mapping.
+    return cfg.get(key, default)
+  return getattr(cfg, key, default)
+
+
+def _to_plain(value: Any) -> Any:
+  """ConfigDict/mapping -> dict, list -> tuple (hashable module attributes)."""
+  if hasattr(value, 'to_dict'):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _to_plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_to_plain(v) for v in value)
+  return value
+
+
+def build_model(model_config: Any,
+                axis_name: str | None = None) -> ContrastiveRegressor:
+  """Builds a ContrastiveRegressor from ``config.model``-style fields.
+
+  Args:
+    model_config: ConfigDict/mapping with ``encoder`` (a key of ENCODERS),
+      ``encoder_kwargs``, ``proj_hidden_dim``, ``proj_dim``, ``regress_from``,
+      ``head_bias`` and optionally ``dtype`` ('float32' or 'bfloat16').
+    axis_name: mesh axis for synchronised BatchNorm (``encoder.bn_axis_name``).
+
+  Returns:
+    An unbound ContrastiveRegressor.
+  """
+  name = _get(model_config, 'encoder')
+  if name not in ENCODERS:
+    raise ValueError(f'Unknown model.encoder={name!r}; '
+                     f'known encoders: {sorted(ENCODERS)}.')
+  dtype_name = _get(model_config, 'dtype', None) or 'float32'
+  if dtype_name not in _DTYPES:
+    raise ValueError(f'Unknown model.dtype={dtype_name!r}; '
+                     f'expected one of {sorted(_DTYPES)}.')
+  kwargs = _to_plain(_get(model_config, 'encoder_kwargs', None) or {})
+  encoder = ENCODERS[name](
+      **kwargs, bn_axis_name=axis_name, dtype=_DTYPES[dtype_name])
+  return ContrastiveRegressor(
+      encoder=encoder,
+      proj_hidden_dim=_get(model_config, 'proj_hidden_dim', None),
+      proj_dim=_get(model_config, 'proj_dim', 128),
+      regress_from=_get(model_config, 'regress_from', 'backbone'),
+      head_bias=_get(model_config, 'head_bias', True),
+  )
+
+
+__all__ = [
+    'BasicBlock', 'ContrastiveRegressor', 'ENCODERS', 'LinearHead',
+    'MLPEncoder', 'ProjectionHead', 'ResNet', 'ResNet18', 'SmallCNN',
+    'build_model', 'l2_normalize',
+]

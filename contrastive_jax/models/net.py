@@ -1,0 +1,47 @@
+"""Encoder + projection head + regression head, as used by AdaCon and ACCon."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from contrastive_jax.models.heads import LinearHead
+from contrastive_jax.models.heads import ProjectionHead
+
+REGRESS_FROM = ('backbone', 'projection')
+
+
+class ContrastiveRegressor(nn.Module):
+  """Backbone features feed a contrastive projection and a scalar regressor.
+
+  Attributes:
+    encoder: a module called as ``encoder(x, train=train)`` returning [N, F].
+    proj_hidden_dim: hidden width of the projection head (``None``: F).
+    proj_dim: size of the unit-norm projection.
+    regress_from: 'backbone' (AdaCon: Linear(bias=head_bias) on the backbone
+      features) or 'projection' (ACCon: Linear without bias on the
+      L2-normalised projection; ``head_bias`` is ignored).
+    head_bias: whether the backbone regression head has a bias.
+  """
+  encoder: nn.Module
+  proj_hidden_dim: int | None = None
+  proj_dim: int = 128
+  regress_from: str = 'backbone'
+  head_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool) -> dict:
+    """Returns {'embedding': [N, F], 'projection': [N, proj_dim], 'prediction': [N]}.
+
+    All three outputs are float32 (heads run in float32 whatever the encoder dtype).
+    """
+    if self.regress_from not in REGRESS_FROM:
+      raise ValueError(f'Unknown regress_from={self.regress_from!r}; '
+                       f'expected one of {REGRESS_FROM}.')
+    embedding = self.encoder(x, train=train).astype(jnp.float32)
+    projection = ProjectionHead(self.proj_hidden_dim, self.proj_dim,
+                                name='projector')(embedding)
+    if self.regress_from == 'backbone':
+      prediction = LinearHead(use_bias=self.head_bias, name='regressor')(embedding)
+    else:
+      prediction = LinearHead(use_bias=False, name='regressor')(projection)
+    return {'embedding': embedding, 'projection': projection,
+            'prediction': prediction}

@@ -1,0 +1,232 @@
+"""The training loop: data, model, state, data-parallel steps, evaluation, checkpoints, results.
+
+``train_and_evaluate(config, workdir)`` trains ``config.num_train_steps`` steps, evaluates on the
+validation split every ``eval_every`` steps (keeping the best state by validation MAE), checkpoints the
+latest state every ``checkpoint_every`` steps, and finally evaluates the best state on the test split
+and writes ``workdir/results.json``. Calling it again with the same ``workdir`` resumes from the latest
+checkpoint and ends with exactly the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from contrastive_jax import data as data_lib
+from contrastive_jax import models
+from contrastive_jax.evaluate import regression_metrics
+from contrastive_jax.losses import fit_ecdf
+from contrastive_jax.train import objectives
+from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.optim import make_optimizer
+from contrastive_jax.train.state import TrainState
+from contrastive_jax.train.step import AXIS
+from contrastive_jax.train.step import make_predict_step
+from contrastive_jax.train.step import make_train_step
+from contrastive_jax.train.writer import MetricWriter
+from contrastive_jax.train.writer import Progress
+
+log = logging.getLogger("contrastive_jax")
+
+# Config fields that steer a run without changing its result; they may differ when resuming.
+RUN_CONTROL_FIELDS = ("stop_at_step", "resume", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a training step produced a non-finite loss or gradient."""
+
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh named 'batch' over every device of every process (Auto axis type)."""
+  return Mesh(np.array(jax.devices()), (AXIS,))
+
+
+def _identity(config) -> dict:
+  cfg = config.to_dict()
+  return {k: v for k, v in cfg.items() if k not in RUN_CONTROL_FIELDS}
+
+
+def _diff(a, b, prefix="") -> list:
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for key in sorted(set(a) | set(b)):
+      out += _diff(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
+    return out
+  return [] if a == b else [f"{prefix[:-1]}: checkpoint {a!r} vs now {b!r}"]
+
+
+def _shard(host: dict, mesh: Mesh) -> dict:
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host.items()}
+
+
+def _local_slice(array: np.ndarray) -> np.ndarray:
+  n = array.shape[0] // jax.process_count()
+  return array[jax.process_index() * n:(jax.process_index() + 1) * n]
+
+
+def evaluate_split(predict, state, split, batch_size: int, mesh: Mesh, mean: float, std: float) -> dict:
+  """Regression metrics of the model on a whole split, in the target's natural unit."""
+  preds, targets, masks = [], [], []
+  for batch in data_lib.eval_batches(split, batch_size):
+    x = _shard({"x": _local_slice(batch["x"])}, mesh)["x"]
+    pred = multihost_utils.process_allgather(predict(state, x), tiled=True)
+    preds.append(np.asarray(pred))
+    targets.append(batch["y"])
+    masks.append(batch["mask"])
+  keep = np.concatenate(masks) > 0
+  pred = np.concatenate(preds)[keep] * std + mean
+  return regression_metrics(pred, np.concatenate(targets)[keep])
+
+
+def _resolve_loss_kwargs(config, dataset) -> ml_collections.ConfigDict:
+  """Fills data-dependent loss hyperparameters (ACCon's label range R = max(Y) - min(Y))."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.method == "accon" and config.loss.contrastive.get("label_range") is None:
+    config.loss.contrastive.label_range = float(dataset.label_range)
+  return config
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates and checkpoints one run; returns the results dict (also ``results.json``)."""
+  objectives.check_method(config.method)
+  mesh = make_mesh()
+  if config.batch_size % mesh.size:
+    raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices "
+                     f"({mesh.size}).")
+  eval_batch_size = config.get("eval_batch_size") or config.batch_size
+  if eval_batch_size % mesh.size:
+    raise ValueError(f"`eval_batch_size`={eval_batch_size} must be divisible by the number of "
+                     f"devices ({mesh.size}).")
+  os.makedirs(workdir, exist_ok=True)
+
+  dataset = data_lib.load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)
+  config = _resolve_loss_kwargs(config, dataset)
+  ecdf = fit_ecdf(dataset.train.y) if config.method == "adacon" else None
+  if config.data.normalize_targets:
+    mean, std = float(np.mean(dataset.train.y)), float(np.std(dataset.train.y)) or 1.0
+  else:
+    mean, std = 0.0, 1.0
+  log.info("Data %s: %d train / %d val / %d test examples, input shape %s; %d device(s).",
+               dataset.name, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
+               dataset.train.x.shape[1:], mesh.size)
+
+  model = models.build_model(config.model, axis_name=AXIS)
+  tx, schedule = make_optimizer(config.optim, config.num_train_steps)
+  init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, dataset.train.x[:2])
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", {}), rng=aug_key)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log.info("Model %s: %s parameters.", config.model.encoder, f"{num_params:,}")
+
+  latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+  meta = {"best_step": -1, "val_best": None, "config": _identity(config)}
+  if latest.latest_step() is not None:
+    restored, saved_meta = latest.restore(state)
+    differences = _diff(saved_meta.get("config", {}), meta["config"])
+    if differences and config.get("resume", "auto") != "force":
+      raise ValueError(
+          f"The checkpoint in {latest.directory} was written with a different config:\n  "
+          + "\n  ".join(differences) + "\nUse a new --workdir, or --config.resume=force to resume "
+          "anyway.")
+    state, meta["best_step"], meta["val_best"] = restored, saved_meta["best_step"], saved_meta["val_best"]
+    log.info("Resumed from step %d of %s.", int(state.step), latest.directory)
+
+  augment_fn = data_lib.get_augment_fn(dataset.kind, **config.data.augment)
+  train_step = make_train_step(model, config, mesh, augment_fn, schedule)
+  predict = make_predict_step(model, mesh)
+  writer = MetricWriter(workdir)
+  num_steps, step = int(config.num_train_steps), int(state.step)
+  first_step = step + 1
+  progress = Progress(num_steps, step, config.batch_size)
+  stop_at = int(config.get("stop_at_step", -1))
+  last_metrics: Optional[dict] = None
+
+  def check(step_done: int, metrics) -> dict:
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if metrics.pop("nonfinite"):
+      latest.wait()
+      raise NonFiniteLossError(
+          f"Non-finite loss or gradient at step {step_done}: loss={metrics['loss']}, "
+          f"loss_reg={metrics['loss_reg']}, loss_con={metrics['loss_con']}, grad_norm="
+          f"{metrics['grad_norm']}. The update was not applied; the last good checkpoint "
+          f"(step {latest.latest_step()}) in {latest.directory} is intact.")
+    return metrics
+
+  def validate(step_done: int) -> None:
+    val = evaluate_split(predict, state, dataset.val, eval_batch_size, mesh, mean, std)
+    writer.write_scalars(step_done, {f"val/{k}": v for k, v in val.items()})
+    improved = meta["val_best"] is None or val["mae"] < meta["val_best"]["mae"]
+    if improved:
+      meta["best_step"], meta["val_best"] = step_done, val
+      best.save(state, meta, force=True)
+    log.info("step %d | val MAE %.4f RMSE %.4f R2 %.4f Pearson %.4f%s", step_done, val["mae"],
+                 val["rmse"], val["r2"], val["pearson"], " (best)" if improved else "")
+
+  pending = None
+  while step < num_steps:
+    host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(), cdf_fn=ecdf)
+    host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
+    state, metrics = train_step(state, _shard(host, mesh))
+    step += 1
+    if pending is not None:  # Read the previous step's metrics while this one runs.
+      last_metrics = check(*pending)
+    pending = (step, metrics)
+    boundary = (step % config.log_every == 0 or step % config.eval_every == 0
+                or step % config.checkpoint_every == 0 or step in (num_steps, stop_at, first_step))
+    if not boundary:
+      continue
+    last_metrics, pending = check(*pending), None
+    if step == first_step:
+      progress.restart_clock(step)  # Leave compilation out of the throughput and ETA.
+    if step % config.log_every == 0 or step == num_steps:
+      writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
+      log.info(progress.line(step, last_metrics))
+    if step % config.eval_every == 0 or step == num_steps:
+      validate(step)
+    if step % config.checkpoint_every == 0 or step in (num_steps, stop_at):
+      latest.save(state, meta, force=True)
+    if step == stop_at:
+      latest.wait()
+      writer.close()
+      log.info("Stopped at step %d (stop_at_step); re-run the same command to resume.", step)
+      return {"status": "stopped", "steps": step}
+  if pending is not None:
+    check(*pending)
+  latest.wait()
+  best.wait()
+
+  if best.latest_step() is not None:
+    state, _ = best.restore(state)
+  test = evaluate_split(predict, state, dataset.test, eval_batch_size, mesh, mean, std)
+  mean_predictor = regression_metrics(np.full_like(dataset.test.y, np.mean(dataset.train.y)),
+                                      dataset.test.y)
+  results = {"method": config.method, "dataset": dataset.name, "test": test,
+             "test_train_mean_predictor": {"mae": mean_predictor["mae"], "rmse": mean_predictor["rmse"]},
+             "val_best": meta["val_best"], "best_step": meta["best_step"], "steps": num_steps}
+  writer.write_scalars(num_steps, {f"test/{k}": v for k, v in test.items()})
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  log.info("Test (best step %d): MAE %.4f RMSE %.4f R2 %.4f Pearson %.4f (predicting the training "
+           "mean: MAE %.4f)", meta["best_step"], test["mae"], test["rmse"], test["r2"], test["pearson"],
+           mean_predictor["mae"])
+  latest.close()
+  best.close()
+  return results

@@ -1,0 +1,39 @@
+"""The multi-task objective of AdaCon Eq. 8: ``gamma_reg * L_reg + gamma_con * L_con``.
+
+A method is a contrastive loss from :mod:`contrastive_jax.losses` plus a config; this module only maps
+batch fields to the loss's arguments. ``method='none'`` is the plain regression baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from contrastive_jax import losses
+
+# The batch fields each contrastive loss takes after ``features`` (by position).
+LOSS_INPUTS = {
+    "simclr": (),
+    "supcon": ("labels",),
+    "adacon": ("labels", "cdf"),
+    "accon": ("labels",),
+    "rnc": ("labels",),
+}
+METHODS = ("none",) + tuple(LOSS_INPUTS)
+
+
+def check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"Unknown `method`={method!r}; expected one of {METHODS}.")
+
+
+def contrastive_term(method: str, features: jax.Array, batch: dict, loss_kwargs: dict,
+                     axis_name: Optional[str]) -> jax.Array:
+  """``L_con`` of ``features [b, views, dim]`` for ``method`` (0 for the regression baseline)."""
+  if method == "none":
+    return jnp.zeros((), jnp.float32)
+  fn = losses.get_contrastive_loss(method)
+  args = [batch[field] for field in LOSS_INPUTS[method]]
+  return fn(features, *args, **loss_kwargs, axis_name=axis_name)

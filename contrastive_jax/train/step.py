@@ -1,0 +1,108 @@
+"""The jit-compiled, data-parallel train and eval steps (one ``shard_map`` over the 'batch' axis).
+
+Inside the map every device holds its slice of the global batch and a replica of the state. The model
+runs on the local views with BatchNorm statistics synchronised over the axis, the contrastive loss
+all-gathers features and labels and returns the global mean, the regression loss is ``pmean``-ed, and
+``jax.grad`` of that replicated scalar with respect to the replicated parameters is already the global
+gradient (shard_map's varying-axis tracking inserts the reduction). Nothing here touches files,
+clocks or globals.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from contrastive_jax import data as data_lib
+from contrastive_jax.losses import regression_loss
+from contrastive_jax.train import objectives
+
+AXIS = "batch"
+
+
+def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.Array:
+  """One PRNG key per sample, folded from its global index: the same on any device layout."""
+  first = jax.lax.axis_index(axis_name) * batch_size
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(batch_size))
+
+
+def augment_views(key, x, num_views: int, augment_fn: Callable) -> jax.Array:
+  """``[b, ...] -> [b, num_views, ...]`` with per-sample keys (see :func:`sample_keys`)."""
+  keys = sample_keys(key, x.shape[0])
+  one = lambda k, xi: data_lib.make_views(k, xi[None], num_views, augment_fn)[0]
+  return jax.vmap(one)(keys, x)
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable):
+  """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
+
+  ``batch`` holds globally sharded ``x``, ``y`` (natural units, for the contrastive loss), ``y_norm``
+  (regression target, normalised with the training mean/std) and, for AdaCon, ``cdf``. A non-finite
+  loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
+  ``metrics['nonfinite']``, which the loop turns into an error naming the step.
+  """
+  method = config.method
+  objectives.check_method(method)
+  views = int(config.data.views)
+  loss_cfg = config.loss
+  loss_kwargs = dict(loss_cfg.contrastive) if method != "none" else {}
+  feature_key = loss_cfg.get("features", "projection")
+
+  def local_step(state, batch):
+    step_key = jax.random.fold_in(state.rng, state.step)
+    x = augment_views(step_key, batch["x"], views, augment_fn)
+    b = x.shape[0]
+    flat = x.reshape((b * views,) + x.shape[2:])
+    targets = jnp.repeat(batch["y_norm"], views)
+    labels = {"labels": batch["y"], "cdf": batch.get("cdf")}
+
+    def loss_fn(params):
+      out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
+                                 train=True, mutable=["batch_stats"])
+      loss_reg = jax.lax.pmean(
+          regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0)),
+          AXIS)
+      features = out[feature_key].reshape(b, views, -1)
+      loss_con = objectives.contrastive_term(method, features, labels, loss_kwargs, AXIS)
+      total = loss_cfg.gamma_reg * loss_reg + loss_cfg.gamma_con * loss_con
+      return total, (loss_reg, loss_con, updates["batch_stats"])
+
+    (loss, (loss_reg, loss_con, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_state = updated.replace(
+        params=jax.tree.map(keep, updated.params, state.params),
+        opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state),
+        batch_stats=jax.tree.map(keep, updated.batch_stats, state.batch_stats))
+    metrics = {
+        "loss": loss, "loss_reg": loss_reg, "loss_con": loss_con,
+        "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+        "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
+    }
+    return new_state, metrics
+
+  sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def make_predict_step(model, mesh):
+  """Builds ``predict(state, x) -> predictions`` (normalised units), sharded over the batch axis."""
+
+  def local_predict(state, x):
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+    return out["prediction"]
+
+  return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(AXIS)),
+                               out_specs=P(AXIS)))

@@ -1,0 +1,80 @@
+"""Metric writing: console progress, TensorBoard event files (tensorboardX) and a JSON-lines log.
+
+``clu.metric_writers`` would be the usual choice, but it imports TensorFlow for its summary writer and
+TensorFlow must not be required to train; tensorboardX writes the same event files with protobuf only.
+Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class MetricWriter:
+  """Writes scalars to ``workdir/tensorboard`` and ``workdir/metrics.jsonl``; prints progress."""
+
+  def __init__(self, workdir: str, enabled: bool = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = None
+    self._jsonl = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # pragma: no cover - tensorboardX is a declared dependency
+        logging.getLogger("contrastive_jax").warning("tensorboardX is not installed: no TensorBoard event files.")
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    if self._tb is not None:
+      for name, value in scalars.items():
+        self._tb.add_scalar(name, value, step)
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.flush()
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+
+
+class Progress:
+  """Step, loss, throughput and ETA on the console every ``every`` steps."""
+
+  def __init__(self, total_steps: int, first_step: int, examples_per_step: int):
+    self.total, self.examples = total_steps, examples_per_step
+    self._t0, self._s0 = time.perf_counter(), first_step
+
+  def restart_clock(self, step: int) -> None:
+    """Restart the throughput clock (after compilation, so it does not count in the ETA)."""
+    self._t0, self._s0 = time.perf_counter(), step
+
+  def line(self, step: int, metrics: dict) -> str:
+    elapsed = time.perf_counter() - self._t0
+    done = max(step - self._s0, 1)
+    per_step = elapsed / done
+    text = (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
+            f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | "
+            f"{self.examples / per_step:,.0f} ex/s | ETA {_format_seconds(per_step * (self.total - step))}")
+    return text

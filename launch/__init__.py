@@ -1,0 +1,1 @@
+"""Launcher package: ``python -m launch --config=configs/<method>.py[:variant] --workdir=DIR``."""
