@@ -48,6 +48,13 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return template_state.replace(**restored["state"]), dict(restored["meta"])
 
+  def restore_tree(self, step: Optional[int] = None) -> Tuple[dict, dict]:
+    """Restores ``step`` (default: latest) as plain arrays, without a template (for inspection)."""
+    step = self._manager.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    return dict(restored["state"]), dict(restored["meta"])
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -52,7 +52,8 @@ def make_mesh() -> Mesh:
 
 
 def _identity(config) -> dict:
-  cfg = config.to_dict()
+  """The config fields that determine a run's result, as their JSON form (tuples become lists)."""
+  cfg = json.loads(json.dumps(config.to_dict()))
   return {k: v for k, v in cfg.items() if k not in RUN_CONTROL_FIELDS}
 
 

@@ -1,0 +1,204 @@
+"""End-to-end trainer tests on tiny configs: training, exact resume, guards, launch errors.
+
+Every run here uses the bundled diabetes data with a small MLP so that a run compiles and trains in a
+few seconds on a 2-core CPU.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from contrastive_jax.train import loop
+from contrastive_jax.train import train_and_evaluate
+from contrastive_jax.train.checkpoint import Checkpointer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import accon, adacon, regression, rnc, supcon  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CONFIGS = {"regression": regression, "adacon": adacon, "accon": accon, "rnc": rnc, "supcon": supcon}
+
+
+def tiny_config(method="adacon", steps=20):
+  config = CONFIGS[method].get_config("diabetes")
+  config.model.encoder_kwargs.hidden_sizes = (32,)
+  config.model.proj_dim = 16
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_train_steps = steps
+  config.log_every = 5
+  config.eval_every = 10
+  config.checkpoint_every = 10
+  config.optim.warmup_steps = 2
+  return config
+
+
+def final_params(workdir):
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  step = ckpt.latest_step()
+  state, _ = ckpt.restore_tree(step)
+  ckpt.close()
+  return step, state["params"]
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_every_config_trains_and_writes_results(tmp_path, method):
+  results = train_and_evaluate(tiny_config(method), str(tmp_path))
+  with open(tmp_path / "results.json") as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert set(saved) >= {"method", "dataset", "test", "val_best", "steps"}
+  assert set(saved["test"]) >= {"mae", "rmse", "r2", "pearson"}
+  assert saved["method"] == tiny_config(method).method and saved["dataset"] == "diabetes"
+  assert np.isfinite(saved["test"]["mae"])
+  # TensorBoard event files and the JSON-lines metric log.
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  train = [l["train/loss"] for l in lines if "train/loss" in l]
+  assert len(train) == 4 and all(np.isfinite(train))
+
+
+def test_loss_falls_and_beats_mean_predictor(tmp_path):
+  config = tiny_config("adacon", steps=120)
+  config.eval_every = 40
+  results = train_and_evaluate(config, str(tmp_path))
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  reg = [l["train/loss_reg"] for l in lines if "train/loss_reg" in l]
+  assert reg[-1] < 0.8 * reg[0]
+  assert results["test"]["mae"] < results["test_train_mean_predictor"]["mae"]
+
+
+def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
+  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+  expected = train_and_evaluate(tiny_config(), straight)
+
+  stopped = tiny_config()
+  stopped.stop_at_step = 10
+  assert train_and_evaluate(stopped, interrupted) == {"status": "stopped", "steps": 10}
+  assert not os.path.exists(os.path.join(interrupted, "results.json"))
+  resumed = train_and_evaluate(tiny_config(), interrupted)  # The same command again.
+
+  assert resumed == expected
+  step_a, params_a = final_params(straight)
+  step_b, params_b = final_params(interrupted)
+  assert step_a == step_b == 20
+  chex.assert_trees_all_equal(params_a, params_b)
+
+
+def test_rerun_of_finished_run_reports_same_results(tmp_path):
+  first = train_and_evaluate(tiny_config(steps=10), str(tmp_path))
+  again = train_and_evaluate(tiny_config(steps=10), str(tmp_path))
+  assert again == first
+
+
+def test_resume_refuses_a_different_config_unless_forced(tmp_path):
+  config = tiny_config()
+  config.stop_at_step = 10
+  train_and_evaluate(config, str(tmp_path))
+  changed = tiny_config()
+  changed.loss.gamma_con = 0.5
+  with pytest.raises(ValueError, match=r"different config(.|\n)*loss.gamma_con"):
+    train_and_evaluate(changed, str(tmp_path))
+  changed.resume = "force"
+  assert train_and_evaluate(changed, str(tmp_path))["steps"] == 20
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+  config = tiny_config("regression", steps=40)
+  config.optim.lr = 1e30
+  config.optim.warmup_steps = 0
+  config.optim.schedule = "constant"
+  config.checkpoint_every = 1
+  with pytest.raises(loop.NonFiniteLossError, match=r"at step \d+: loss=") as info:
+    train_and_evaluate(config, str(tmp_path))
+  bad_step = int(info.value.args[0].split("at step ")[1].split(":")[0])
+  step, params = final_params(str(tmp_path))
+  assert step < bad_step
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("method", "nope", "Unknown `method`"),
+    ("loss.reg", "l3", "Unknown regression loss"),
+    ("optim.name", "rmsprop", "Unknown `optim.name`"),
+    ("model.encoder", "vit", "model.encoder"),
+    ("data.name", "mnist", "digits_angle"),
+])
+def test_bad_config_values_raise_clear_errors(tmp_path, field, value, message):
+  config = tiny_config(steps=2)
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=message):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def test_accon_label_range_comes_from_training_labels(tmp_path):
+  config = tiny_config("accon", steps=2)
+  resolved = loop._resolve_loss_kwargs(  # pylint: disable=protected-access
+      config, type("D", (), {"label_range": 123.0})())
+  assert resolved.loss.contrastive.label_range == 123.0
+  config.loss.contrastive.label_range = -1.0
+  with pytest.raises(ValueError, match="label_range"):
+    train_and_evaluate(config, str(tmp_path))
+
+
+def _launch(args, env=None, timeout=300):
+  return subprocess.run([sys.executable, "-m", "launch", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_launch_runs_and_rejects_unknown_fields(tmp_path):
+  common = ["--config=configs/regression.py:diabetes", f"--workdir={tmp_path}",
+            "--config.num_train_steps=4", "--config.eval_every=2", "--config.log_every=2",
+            "--config.model.encoder_kwargs.hidden_sizes=(16,)"]
+  done = _launch(common)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "step 4/4" in done.stdout and "test MAE" in done.stdout
+  assert json.load(open(tmp_path / "results.json"))["steps"] == 4
+
+  unknown = _launch(common + ["--config.no_such_field=1"])
+  assert unknown.returncode != 0 and "no_such_field" in unknown.stderr
+
+  bad_variant = _launch(["--config=configs/adacon.py:mnist", f"--workdir={tmp_path}/b"])
+  assert bad_variant.returncode != 0 and "Unknown config variant" in bad_variant.stderr
+
+
+DATA_PARALLEL_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    sys.path.insert(0, {repo!r})
+    from tests.test_train import tiny_config
+    from contrastive_jax.train import train_and_evaluate
+    config = tiny_config({method!r}, steps=10)
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    results = train_and_evaluate(config, sys.argv[1])
+    lines = [json.loads(l) for l in open(sys.argv[1] + '/metrics.jsonl')]
+    print(json.dumps({{'devices': jax.device_count(), 'test': results['test'],
+                      'losses': [l['train/loss'] for l in lines if 'train/loss' in l]}}))
+""")
+
+
+@pytest.mark.parametrize("method", ["adacon", "rnc"])
+def test_eight_devices_train_like_one(tmp_path, method):
+  """The data-parallel step (sharded loss, synced BatchNorm, global gradients) equals one device."""
+  outputs = {}
+  for devices in (1, 8):
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu"}
+    code = DATA_PARALLEL_WORKER.format(repo=REPO, method=method)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / str(devices))],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert outputs[1]["devices"] == 1 and outputs[8]["devices"] == 8
+  np.testing.assert_allclose(outputs[8]["losses"], outputs[1]["losses"], rtol=2e-4)
+  np.testing.assert_allclose(outputs[8]["test"]["mae"], outputs[1]["test"]["mae"], rtol=2e-3)
