@@ -19,7 +19,28 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py), "
                                           "optionally followed by ':variant'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() before training: multi-process runs "
+    "(TPU pods, SLURM and Open MPI are detected from the environment).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for explicit multi-process set-ups.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit set-up).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit set-up).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+  if not _DISTRIBUTED.value and all(v is None for v in explicit):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  ours = std_logging.getLogger("contrastive_jax")
+  ours.info("Process %d of %d; %d local / %d global devices.", jax.process_index(),
+            jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_index() != 0:
+    ours.setLevel(std_logging.WARNING)  # Progress from process 0 only; errors from every process.
 
 
 def _configure_logging() -> None:
@@ -38,6 +59,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _configure_logging()
+  _initialize_distributed()
   # Imported here so that `--help` and flag errors do not pay for importing JAX.
   from contrastive_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value

@@ -202,3 +202,31 @@ def test_eight_devices_train_like_one(tmp_path, method):
   assert outputs[1]["devices"] == 1 and outputs[8]["devices"] == 8
   np.testing.assert_allclose(outputs[8]["losses"], outputs[1]["losses"], rtol=2e-4)
   np.testing.assert_allclose(outputs[8]["test"]["mae"], outputs[1]["test"]["mae"], rtol=2e-3)
+
+
+def test_sigkill_after_checkpoint_then_rerun_resumes(tmp_path):
+  """A real kill (SIGKILL) once a complete checkpoint exists; the same command then resumes."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  args = ["--config=configs/regression.py:diabetes", "--config.num_train_steps=300",
+          "--config.checkpoint_every=5", "--config.eval_every=100", "--config.log_every=100",
+          "--config.model.encoder_kwargs.hidden_sizes=(16,)"]
+  killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+  proc = subprocess.Popen([sys.executable, "-m", "launch", *args, f"--workdir={killed_dir}"],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir, deadline = killed_dir / "checkpoints", time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if ckpt_dir.exists() else []
+    if steps and max(steps) >= 10:
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+  assert not (killed_dir / "results.json").exists()
+
+  resumed = _launch(args + [f"--workdir={killed_dir}"])
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from step" in resumed.stdout
+  straight = _launch(args + [f"--workdir={straight_dir}"])
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  assert json.load(open(killed_dir / "results.json")) == json.load(open(straight_dir / "results.json"))

@@ -21,7 +21,8 @@ def regression_loss(predictions: jax.Array, targets: jax.Array, kind: str = "l1"
     raise ValueError(f"Unknown regression loss `kind`={kind!r}; expected one of {REGRESSION_LOSSES}.")
   if predictions.shape != targets.shape:
     raise ValueError(f"`predictions` {predictions.shape} and `targets` {targets.shape} must match.")
-  residual = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
+  dtype = jnp.promote_types(predictions.dtype, jnp.float32)  # float64 under x64, else float32.
+  residual = predictions.astype(dtype) - targets.astype(dtype)
   if kind == "l1":
     per_example = jnp.abs(residual)
   elif kind == "mse":
