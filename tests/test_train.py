@@ -21,9 +21,10 @@ from contrastive_jax.train.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from configs import accon, adacon, regression, rnc, supcon  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import accon, adacon, regression, rnc, simclr, supcon  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-CONFIGS = {"regression": regression, "adacon": adacon, "accon": accon, "rnc": rnc, "supcon": supcon}
+CONFIGS = {"regression": regression, "adacon": adacon, "accon": accon, "rnc": rnc, "supcon": supcon,
+           "simclr": simclr}
 
 
 def tiny_config(method="adacon", steps=20):
@@ -56,6 +57,9 @@ def test_every_config_trains_and_writes_results(tmp_path, method):
   assert saved == json.loads(json.dumps(results))
   assert set(saved) >= {"method", "dataset", "test", "val_best", "steps"}
   assert set(saved["test"]) >= {"mae", "rmse", "r2", "pearson"}
+  if method == "simclr":  # Self-supervised: scored by probes of the frozen embeddings.
+    assert saved["eval_with"] == "knn" and saved["test"] == saved["test_knn"]
+    assert set(saved["test_ridge"]) >= {"mae", "rmse"}
   assert saved["method"] == tiny_config(method).method and saved["dataset"] == "diabetes"
   assert np.isfinite(saved["test"]["mae"])
   # TensorBoard event files and the JSON-lines metric log.

@@ -1,31 +1,121 @@
-"""Regression metrics (MAE, RMSE, MSE, R^2, Pearson, G-mean), in float64 NumPy on the host."""
+"""Regression metrics (MAE, MSE, RMSE, R^2, Pearson, Spearman, G-mean) and many/medium/few-shot splits.
+
+Everything is float64 NumPy on the host.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
+
+GMEAN_EPS = 1e-12  # G-mean = exp(mean(log(|e| + eps))): finite when an error is exactly 0
+SHOT_SUBSETS = ("many", "medium", "few", "all")
+
+
+def _vector(values, name: str, *, min_size: int = 1) -> np.ndarray:
+  arr = np.asarray(values)
+  if arr.ndim == 2 and arr.shape[1] == 1:
+    arr = arr[:, 0]
+  if arr.ndim != 1:
+    raise ValueError(f"`{name}` must be 1-D (or [N, 1]); got shape {arr.shape}.")
+  if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    raise ValueError(f"`{name}` must be numeric; got dtype {arr.dtype}.")
+  arr = arr.astype(np.float64)
+  if arr.size < min_size:
+    raise ValueError(f"`{name}` needs at least {min_size} entr{'y' if min_size == 1 else 'ies'}; "
+                     f"got {arr.size}.")
+  bad = int(np.sum(~np.isfinite(arr)))
+  if bad:
+    raise ValueError(f"`{name}` has {bad} non-finite value(s) (NaN or inf).")
+  return arr
+
+
+def _pair(predictions, targets, min_size: int):
+  p = np.asarray(predictions).reshape(-1)  # any shape is flattened (as before Spearman was added)
+  t = np.asarray(targets).reshape(-1)
+  if p.shape != t.shape or p.size < min_size:
+    raise ValueError(f"`predictions` {p.shape} and `targets` {t.shape} must be equal-length 1-D "
+                     f"arrays with at least {min_size} entr{'y' if min_size == 1 else 'ies'}.")
+  return _vector(p, "predictions"), _vector(t, "targets")
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+  ac, bc = a - a.mean(), b - b.mean()
+  denom = float(np.sqrt(np.sum(ac * ac) * np.sum(bc * bc)))
+  return float(np.sum(ac * bc) / denom) if denom > 0 else 0.0
+
+
+def _gmean(abs_err: np.ndarray) -> float:
+  return float(np.exp(np.mean(np.log(abs_err + GMEAN_EPS))))
 
 
 def regression_metrics(predictions, targets) -> dict:
-  """Metrics of ``predictions`` against ``targets`` (1-D, same length, at least 2 examples).
+  """Metrics of ``predictions`` against ``targets`` (flattened; same length, >= 2 examples).
 
-  ``gmean`` is the geometric mean of the absolute errors (imbalanced-regression papers), computed as
-  ``exp(mean(log(|e| + 1e-12)))``. Pearson and R^2 are NaN-free: a constant vector gives 0.
+  Keys: ``mae``, ``mse``, ``rmse``, ``r2``, ``pearson``, ``spearman``, ``gmean``. ``gmean`` is the
+  geometric mean of the absolute errors (imbalanced-regression papers; official code uses
+  ``scipy.stats.gmean``), computed as ``exp(mean(log(|e| + 1e-12)))`` so an exact-zero error gives a
+  tiny value instead of 0. ``spearman`` is the Pearson correlation of the ranks with ties averaged
+  (``scipy.stats.rankdata``, = ``scipy.stats.spearmanr``). Pearson, Spearman and R^2 are NaN-free: a
+  constant vector gives 0. Non-finite inputs raise a ValueError naming the argument.
   """
-  p = np.asarray(predictions, np.float64).reshape(-1)
-  t = np.asarray(targets, np.float64).reshape(-1)
-  if p.shape != t.shape or p.size < 2:
-    raise ValueError(f"`predictions` {p.shape} and `targets` {t.shape} must be equal-length 1-D "
-                     "arrays with at least 2 entries.")
+  p, t = _pair(predictions, targets, 2)
   err = p - t
   mse = float(np.mean(err * err))
   var = float(np.var(t))
-  pc, tc = p - p.mean(), t - t.mean()
-  denom = float(np.sqrt(np.sum(pc * pc) * np.sum(tc * tc)))
   return {
       "mae": float(np.mean(np.abs(err))),
       "mse": mse,
       "rmse": float(np.sqrt(mse)),
       "r2": 1.0 - mse / var if var > 0 else 0.0,
-      "pearson": float(np.sum(pc * tc) / denom) if denom > 0 else 0.0,
-      "gmean": float(np.exp(np.mean(np.log(np.abs(err) + 1e-12)))),
+      "pearson": _correlation(p, t),
+      "spearman": _correlation(rankdata(p), rankdata(t)),
+      "gmean": _gmean(np.abs(err)),
   }
+
+
+def _subset_metrics(err: np.ndarray) -> dict:
+  if err.size == 0:
+    return {"n": 0, "mae": None, "mse": None, "rmse": None, "gmean": None}
+  mse = float(np.mean(err * err))
+  return {"n": int(err.size), "mae": float(np.mean(np.abs(err))), "mse": mse,
+          "rmse": float(np.sqrt(mse)), "gmean": _gmean(np.abs(err))}
+
+
+def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, many: int = 100,
+                 few: int = 20) -> dict:
+  """Many / medium / few-shot metrics (Yang et al. 2021 ``shot_metrics``; used by RankSim, ConR, ...).
+
+  A test example's shot group is set by the number ``c`` of TRAINING labels in its label's bin
+  (``floor(y / bin_width)``; width 1 = integer bins): ``c > many`` -> many-shot, ``c < few`` ->
+  few-shot, ``few <= c <= many`` -> medium-shot (official: ``> 100``, ``< 20``, else "median").
+  Returns ``{'many', 'medium', 'few', 'all'}``, each ``{'n', 'mae', 'mse', 'rmse', 'gmean'}`` over the
+  subset's examples (the official per-subset MSE / L1 are sums over the subset's examples divided by
+  their count, i.e. these means). An empty subset is ``{'n': 0, 'mae': None, ...}`` (never NaN).
+
+  Deviation from the official code: it bins train labels with ``astype(int)`` and compares them with
+  the raw test labels, which equals ours for non-negative integer labels; ours floors both (so a
+  non-integer test label is matched to its bin rather than counted as few-shot, and negative labels
+  are floored rather than truncated toward 0). G-mean uses ``GMEAN_EPS`` as ``regression_metrics``.
+  """
+  p, t = _pair(predictions, targets, 1)
+  train = _vector(train_labels, "train_labels", min_size=1)
+  try:
+    w = float(bin_width)
+  except (TypeError, ValueError):
+    w = float("nan")
+  if not np.isfinite(w) or w <= 0:
+    raise ValueError(f"`bin_width` must be a finite number > 0; got {bin_width!r}.")
+  if not (np.isfinite(many) and np.isfinite(few)) or few < 0 or many < few:
+    raise ValueError(f"Shot thresholds need 0 <= `few` <= `many`; got few={few!r}, many={many!r}.")
+  train_bins = np.floor(np.round(train / w, 9)).astype(np.int64)
+  test_bins = np.floor(np.round(t / w, 9)).astype(np.int64)
+  uniq, counts = np.unique(train_bins, return_counts=True)
+  pos = np.clip(np.searchsorted(uniq, test_bins), 0, uniq.size - 1)
+  count = np.where(uniq[pos] == test_bins, counts[pos], 0)
+  err = p - t
+  groups = {"many": count > many, "few": count < few}
+  groups["medium"] = ~(groups["many"] | groups["few"])
+  out = {name: _subset_metrics(err[groups[name]]) for name in ("many", "medium", "few")}
+  out["all"] = _subset_metrics(err)
+  return out

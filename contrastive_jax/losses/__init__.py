@@ -9,6 +9,10 @@ from contrastive_jax.losses.accon import accon
 from contrastive_jax.losses.adacon import ECDF
 from contrastive_jax.losses.adacon import adacon
 from contrastive_jax.losses.adacon import fit_ecdf
+from contrastive_jax.losses.imbalance import balanced_mse
+from contrastive_jax.losses.imbalance import bin_counts
+from contrastive_jax.losses.imbalance import fit_label_gmm
+from contrastive_jax.losses.imbalance import lds_weights
 from contrastive_jax.losses.regression import REGRESSION_LOSSES
 from contrastive_jax.losses.regression import regression_loss
 from contrastive_jax.losses.rnc import rnc

@@ -74,6 +74,9 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
     c.optim.lr = 0.01
 
   c.eval_batch_size = 256
+  c.eval_with = "head"             # 'head' | 'knn' | 'ridge' (probes of frozen embeddings, for SSL)
+  c.knn_k = 20
+  c.ridge_alpha = 1.0
   c.log_every = 100
   c.eval_every = 200
   c.checkpoint_every = 200

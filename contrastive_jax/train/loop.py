@@ -25,6 +25,8 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax import data as data_lib
 from contrastive_jax import models
 from contrastive_jax.evaluate import regression_metrics
+from contrastive_jax.evaluate.probe import knn_regression
+from contrastive_jax.evaluate.probe import ridge_probe
 from contrastive_jax.losses import fit_ecdf
 from contrastive_jax.train import objectives
 from contrastive_jax.train.checkpoint import Checkpointer
@@ -76,18 +78,54 @@ def _local_slice(array: np.ndarray) -> np.ndarray:
   return array[jax.process_index() * n:(jax.process_index() + 1) * n]
 
 
-def evaluate_split(predict, state, split, batch_size: int, mesh: Mesh, mean: float, std: float) -> dict:
-  """Regression metrics of the model on a whole split, in the target's natural unit."""
-  preds, targets, masks = [], [], []
+def split_outputs(predict, state, split, batch_size: int, mesh: Mesh) -> np.ndarray:
+  """``predict`` over a whole split, in order, padding removed (identical on every process)."""
+  outputs, masks = [], []
   for batch in data_lib.eval_batches(split, batch_size):
     x = _shard({"x": _local_slice(batch["x"])}, mesh)["x"]
-    pred = multihost_utils.process_allgather(predict(state, x), tiled=True)
-    preds.append(np.asarray(pred))
-    targets.append(batch["y"])
+    outputs.append(np.asarray(multihost_utils.process_allgather(predict(state, x), tiled=True)))
     masks.append(batch["mask"])
-  keep = np.concatenate(masks) > 0
-  pred = np.concatenate(preds)[keep] * std + mean
-  return regression_metrics(pred, np.concatenate(targets)[keep])
+  return np.concatenate(outputs)[np.concatenate(masks) > 0]
+
+
+class Evaluator:
+  """Validation/test metrics of a state, by the regression head or a probe of frozen embeddings.
+
+  ``eval_with``: 'head' (the model's regression branch), 'knn' (kNN regression on the embeddings of
+  the training split) or 'ridge' (ridge linear probe on them) — the latter two for self-supervised
+  pretraining, where the regression branch is not trained.
+  """
+
+  MODES = ("head", "knn", "ridge")
+
+  def __init__(self, model, mesh, dataset, config, target_mean: float, target_std: float):
+    self.mode = config.get("eval_with", "head")
+    if self.mode not in self.MODES:
+      raise ValueError(f"Unknown `eval_with`={self.mode!r}; expected one of {self.MODES}.")
+    self.mesh, self.dataset = mesh, dataset
+    self.batch_size = config.get("eval_batch_size") or config.batch_size
+    self.mean, self.std = target_mean, target_std
+    self.knn_k = int(config.get("knn_k", 20))
+    self.ridge_alpha = float(config.get("ridge_alpha", 1.0))
+    self._predict = make_predict_step(model, mesh, "prediction")
+    self._embed = make_predict_step(model, mesh, "embedding")
+
+  def _probe(self, mode, state, split) -> np.ndarray:
+    train = split_outputs(self._embed, state, self.dataset.train, self.batch_size, self.mesh)
+    query = split_outputs(self._embed, state, split, self.batch_size, self.mesh)
+    if mode == "knn":
+      return knn_regression(train, self.dataset.train.y, query, k=self.knn_k)
+    return ridge_probe(train, self.dataset.train.y, query, alpha=self.ridge_alpha)
+
+  def __call__(self, state, split, mode: Optional[str] = None) -> dict:
+    """Regression metrics on ``split`` in the target's natural unit."""
+    mode = mode or self.mode
+    if mode == "head":
+      pred = split_outputs(self._predict, state, split, self.batch_size, self.mesh)
+      pred = pred * self.std + self.mean
+    else:
+      pred = self._probe(mode, state, split)
+    return regression_metrics(pred, split.y)
 
 
 def _resolve_loss_kwargs(config, dataset) -> ml_collections.ConfigDict:
@@ -147,8 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info("Resumed from step %d of %s.", int(state.step), latest.directory)
 
   augment_fn = data_lib.get_augment_fn(dataset.kind, **config.data.augment)
-  train_step = make_train_step(model, config, mesh, augment_fn, schedule)
-  predict = make_predict_step(model, mesh)
+  train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std)
+  evaluate = Evaluator(model, mesh, dataset, config, mean, std)
   writer = MetricWriter(workdir)
   num_steps, step = int(config.num_train_steps), int(state.step)
   first_step = step + 1
@@ -168,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return metrics
 
   def validate(step_done: int) -> None:
-    val = evaluate_split(predict, state, dataset.val, eval_batch_size, mesh, mean, std)
+    val = evaluate(state, dataset.val)
     writer.write_scalars(step_done, {f"val/{k}": v for k, v in val.items()})
     improved = meta["val_best"] is None or val["mae"] < meta["val_best"]["mae"]
     if improved:
@@ -214,12 +252,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if best.latest_step() is not None:
     state, _ = best.restore(state)
-  test = evaluate_split(predict, state, dataset.test, eval_batch_size, mesh, mean, std)
+  test = evaluate(state, dataset.test)
   mean_predictor = regression_metrics(np.full_like(dataset.test.y, np.mean(dataset.train.y)),
                                       dataset.test.y)
   results = {"method": config.method, "dataset": dataset.name, "test": test,
              "test_train_mean_predictor": {"mae": mean_predictor["mae"], "rmse": mean_predictor["rmse"]},
-             "val_best": meta["val_best"], "best_step": meta["best_step"], "steps": num_steps}
+             "val_best": meta["val_best"], "best_step": meta["best_step"], "steps": num_steps,
+             "eval_with": evaluate.mode}
+  if evaluate.mode != "head":  # Self-supervised runs report both probes.
+    for mode in ("knn", "ridge"):
+      results[f"test_{mode}"] = evaluate(state, dataset.test, mode)
   writer.write_scalars(num_steps, {f"test/{k}": v for k, v in test.items()})
   writer.close()
   if jax.process_index() == 0:

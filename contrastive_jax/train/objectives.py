@@ -13,7 +13,9 @@ import jax.numpy as jnp
 
 from contrastive_jax import losses
 
-# The batch fields each contrastive loss takes after ``features`` (by position).
+# The inputs each contrastive loss takes after ``features`` (by position). The train step provides
+# 'labels' (natural units), 'cdf' (AdaCon's ECDF of the labels), 'preds' (stop-gradient predictions
+# per view, natural units) and 'key' (a PRNG key, the same on every device).
 LOSS_INPUTS = {
     "simclr": (),
     "supcon": ("labels",),
@@ -29,11 +31,11 @@ def check_method(method: str) -> None:
     raise ValueError(f"Unknown `method`={method!r}; expected one of {METHODS}.")
 
 
-def contrastive_term(method: str, features: jax.Array, batch: dict, loss_kwargs: dict,
+def contrastive_term(method: str, features: jax.Array, inputs: dict, loss_kwargs: dict,
                      axis_name: Optional[str]) -> jax.Array:
   """``L_con`` of ``features [b, views, dim]`` for ``method`` (0 for the regression baseline)."""
   if method == "none":
     return jnp.zeros((), jnp.float32)
   fn = losses.get_contrastive_loss(method)
-  args = [batch[field] for field in LOSS_INPUTS[method]]
+  args = [inputs[field] for field in LOSS_INPUTS[method]]
   return fn(features, *args, **loss_kwargs, axis_name=axis_name)

@@ -43,11 +43,12 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves))
 
 
-def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable):
+def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable,
+                    target_mean: float = 0.0, target_std: float = 1.0):
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
   ``batch`` holds globally sharded ``x``, ``y`` (natural units, for the contrastive loss), ``y_norm``
-  (regression target, normalised with the training mean/std) and, for AdaCon, ``cdf``. A non-finite
+  (regression target ``(y - target_mean) / target_std``) and, for AdaCon, ``cdf``. A non-finite
   loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
   ``metrics['nonfinite']``, which the loop turns into an error naming the step.
   """
@@ -59,12 +60,11 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   feature_key = loss_cfg.get("features", "projection")
 
   def local_step(state, batch):
-    step_key = jax.random.fold_in(state.rng, state.step)
-    x = augment_views(step_key, batch["x"], views, augment_fn)
+    aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    x = augment_views(aug_key, batch["x"], views, augment_fn)
     b = x.shape[0]
     flat = x.reshape((b * views,) + x.shape[2:])
     targets = jnp.repeat(batch["y_norm"], views)
-    labels = {"labels": batch["y"], "cdf": batch.get("cdf")}
 
     def loss_fn(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
@@ -73,7 +73,10 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
           regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0)),
           AXIS)
       features = out[feature_key].reshape(b, views, -1)
-      loss_con = objectives.contrastive_term(method, features, labels, loss_kwargs, AXIS)
+      preds = jax.lax.stop_gradient(out["prediction"]).reshape(b, views)
+      inputs = {"labels": batch["y"], "cdf": batch.get("cdf"), "key": loss_key,
+                "preds": preds * target_std + target_mean}
+      loss_con = objectives.contrastive_term(method, features, inputs, loss_kwargs, AXIS)
       total = loss_cfg.gamma_reg * loss_reg + loss_cfg.gamma_con * loss_con
       return total, (loss_reg, loss_con, updates["batch_stats"])
 
@@ -97,12 +100,15 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   return jax.jit(sharded, donate_argnums=0)
 
 
-def make_predict_step(model, mesh):
-  """Builds ``predict(state, x) -> predictions`` (normalised units), sharded over the batch axis."""
+def make_predict_step(model, mesh, output: str = "prediction"):
+  """Builds ``predict(state, x) -> model output`` (eval mode), sharded over the batch axis.
+
+  ``output``: 'prediction' (normalised units), 'embedding' or 'projection'.
+  """
 
   def local_predict(state, x):
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
-    return out["prediction"]
+    return out[output]
 
   return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(AXIS)),
                                out_specs=P(AXIS)))
