@@ -234,3 +234,18 @@ def test_sigkill_after_checkpoint_then_rerun_resumes(tmp_path):
   straight = _launch(args + [f"--workdir={straight_dir}"])
   assert straight.returncode == 0, straight.stderr[-3000:]
   assert json.load(open(killed_dir / "results.json")) == json.load(open(straight_dir / "results.json"))
+
+
+def test_lds_weights_reach_the_regression_loss(tmp_path):
+  """With label-distribution smoothing on, step 1's L_reg is the LDS-weighted mean of the plain one."""
+  first_reg = {}
+  for enabled in (False, True):
+    config = tiny_config("regression", steps=1)
+    config.loss.lds.enabled = enabled
+    config.loss.lds.bin_width = 10.0
+    config.log_every = 1
+    workdir = tmp_path / str(enabled)
+    train_and_evaluate(config, str(workdir))
+    lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+    first_reg[enabled] = [l["train/loss_reg"] for l in lines if "train/loss_reg" in l][0]
+  assert np.isfinite(first_reg[True]) and first_reg[True] != pytest.approx(first_reg[False])

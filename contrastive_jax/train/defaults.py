@@ -39,6 +39,14 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.reg = "l1"                # L_reg in {l1, mse, huber} (AdaCon Eq. 8)
   c.loss.huber_delta = 1.0
+  c.loss.reg_kwargs = ml_collections.ConfigDict()  # e.g. focal_beta=0.2, focal_gamma=1.0 (focal-R)
+  c.loss.lds = ml_collections.ConfigDict()         # label-distribution smoothing weights (Yang 2021)
+  c.loss.lds.enabled = False
+  c.loss.lds.kernel = "gaussian"
+  c.loss.lds.ks = 5
+  c.loss.lds.sigma = 2.0
+  c.loss.lds.reweight = "sqrt_inv"
+  c.loss.lds.bin_width = 1.0
   c.loss.gamma_reg = 1.0
   c.loss.gamma_con = 0.0
   c.loss.features = "projection"   # which model output the contrastive loss sees

@@ -28,6 +28,7 @@ from contrastive_jax.evaluate import regression_metrics
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
 from contrastive_jax.losses import fit_ecdf
+from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.optim import make_optimizer
@@ -152,6 +153,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = data_lib.load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)
   config = _resolve_loss_kwargs(config, dataset)
   ecdf = fit_ecdf(dataset.train.y) if config.method == "adacon" else None
+  lds = config.loss.get("lds")
+  if lds is not None and lds.enabled:
+    lds_kwargs = {k: v for k, v in lds.to_dict().items() if k != "enabled"}
+    example_weights = lambda y: lds_weights(dataset.train.y, y, **lds_kwargs).astype(np.float32)
+  else:
+    example_weights = None
   if config.data.normalize_targets:
     mean, std = float(np.mean(dataset.train.y)), float(np.std(dataset.train.y)) or 1.0
   else:
@@ -221,6 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(), cdf_fn=ecdf)
     host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
+    if example_weights is not None:
+      host["weight"] = example_weights(host["y"])
     state, metrics = train_step(state, _shard(host, mesh))
     step += 1
     if pending is not None:  # Read the previous step's metrics while this one runs.

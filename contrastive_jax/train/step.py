@@ -48,7 +48,8 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
   ``batch`` holds globally sharded ``x``, ``y`` (natural units, for the contrastive loss), ``y_norm``
-  (regression target ``(y - target_mean) / target_std``) and, for AdaCon, ``cdf``. A non-finite
+  (regression target ``(y - target_mean) / target_std``), for AdaCon ``cdf`` and, with label-
+  distribution smoothing, per-example ``weight``. A non-finite
   loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
   ``metrics['nonfinite']``, which the loop turns into an error naming the step.
   """
@@ -58,6 +59,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   loss_cfg = config.loss
   loss_kwargs = dict(loss_cfg.contrastive) if method != "none" else {}
   feature_key = loss_cfg.get("features", "projection")
+  reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
 
   def local_step(state, batch):
     aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -69,9 +71,10 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     def loss_fn(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
                                  train=True, mutable=["batch_stats"])
+      weights = jnp.repeat(batch["weight"], views) if "weight" in batch else None
       loss_reg = jax.lax.pmean(
-          regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0)),
-          AXIS)
+          regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
+                          weights, **reg_kwargs), AXIS)
       features = out[feature_key].reshape(b, views, -1)
       preds = jax.lax.stop_gradient(out["prediction"]).reshape(b, views)
       inputs = {"labels": batch["y"], "cdf": batch.get("cdf"), "key": loss_key,
