@@ -91,4 +91,5 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.stop_at_step = -1              # >0: stop (checkpointed) after this step, as if preempted
   c.resume = "auto"                # 'force': resume even if the checkpoint's config differs
+  c.nonfinite = "stop"             # non-finite loss/gradient: "stop" (error naming the step) or "skip"
   return c

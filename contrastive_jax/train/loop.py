@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Optional
 
 import jax
@@ -42,11 +44,48 @@ from contrastive_jax.train.writer import Progress
 log = logging.getLogger("contrastive_jax")
 
 # Config fields that steer a run without changing its result; they may differ when resuming.
-RUN_CONTROL_FIELDS = ("stop_at_step", "resume", "log_every", "checkpoint_every", "keep_checkpoints")
+RUN_CONTROL_FIELDS = ("stop_at_step", "resume", "nonfinite", "log_every", "checkpoint_every",
+                      "keep_checkpoints")
 
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a training step produced a non-finite loss or gradient."""
+
+
+class PreemptionFlag:
+  """Records SIGTERM / SIGINT so the loop can checkpoint at the next step boundary and exit cleanly.
+
+  Multi-process runs use JAX's own preemption sync point instead (every process must stop at the same
+  step for the collective checkpoint), which ``jax.distributed`` arms for SIGTERM.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[str] = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
+    self.received = signal.Signals(signum).name
+    log.warning("Received %s: saving a checkpoint after the current step, then exiting.",
+                self.received)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received is not None
 
 
 def make_mesh() -> Mesh:
@@ -201,15 +240,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop_at = int(config.get("stop_at_step", -1))
   last_metrics: Optional[dict] = None
 
+  nonfinite_policy = config.get("nonfinite", "stop")
+  if nonfinite_policy not in ("stop", "skip"):
+    raise ValueError(f"Unknown `nonfinite`={nonfinite_policy!r}; expected 'stop' or 'skip'.")
+
   def check(step_done: int, metrics) -> dict:
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if metrics.pop("nonfinite"):
+      terms = (f"loss={metrics['loss']}, loss_reg={metrics['loss_reg']}, "
+               f"loss_con={metrics['loss_con']}, grad_norm={metrics['grad_norm']}")
+      if nonfinite_policy == "skip":
+        log.warning("Non-finite loss or gradient at step %d (%s): update skipped.", step_done, terms)
+        return metrics
       latest.wait()
       raise NonFiniteLossError(
-          f"Non-finite loss or gradient at step {step_done}: loss={metrics['loss']}, "
-          f"loss_reg={metrics['loss_reg']}, loss_con={metrics['loss_con']}, grad_norm="
-          f"{metrics['grad_norm']}. The update was not applied; the last good checkpoint "
-          f"(step {latest.latest_step()}) in {latest.directory} is intact.")
+          f"Non-finite loss or gradient at step {step_done}: {terms}. The update was not applied; "
+          f"the last good checkpoint (step {latest.latest_step()}) in {latest.directory} is "
+          "intact. (--config.nonfinite=skip skips such steps instead.)")
     return metrics
 
   def validate(step_done: int) -> None:
@@ -223,37 +270,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  val["rmse"], val["r2"], val["pearson"], " (best)" if improved else "")
 
   pending = None
-  while step < num_steps:
-    host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(), cdf_fn=ecdf)
-    host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
-    if example_weights is not None:
-      host["weight"] = example_weights(host["y"])
-    state, metrics = train_step(state, _shard(host, mesh))
-    step += 1
-    if pending is not None:  # Read the previous step's metrics while this one runs.
-      last_metrics = check(*pending)
-    pending = (step, metrics)
-    boundary = (step % config.log_every == 0 or step % config.eval_every == 0
-                or step % config.checkpoint_every == 0 or step in (num_steps, stop_at, first_step))
-    if not boundary:
-      continue
-    last_metrics, pending = check(*pending), None
-    if step == first_step:
-      progress.restart_clock(step)  # Leave compilation out of the throughput and ETA.
-    if step % config.log_every == 0 or step == num_steps:
-      writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
-      log.info(progress.line(step, last_metrics))
-    if step % config.eval_every == 0 or step == num_steps:
-      validate(step)
-    if step % config.checkpoint_every == 0 or step in (num_steps, stop_at):
-      latest.save(state, meta, force=True)
-    if step == stop_at:
-      latest.wait()
-      writer.close()
-      log.info("Stopped at step %d (stop_at_step); re-run the same command to resume.", step)
-      return {"status": "stopped", "steps": step}
+  with PreemptionFlag() as preemption:
+    while step < num_steps:
+      host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(), cdf_fn=ecdf)
+      host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
+      if example_weights is not None:
+        host["weight"] = example_weights(host["y"])
+      state, metrics = train_step(state, _shard(host, mesh))
+      step += 1
+      if pending is not None:  # Read the previous step's metrics while this one runs.
+        last_metrics = check(*pending)
+      pending = (step, metrics)
+      stop = ("stop_at_step" if step == stop_at else
+              "signal" if preemption.should_stop(step) else None)
+      boundary = (step % config.log_every == 0 or step % config.eval_every == 0
+                  or step % config.checkpoint_every == 0 or step in (num_steps, first_step)
+                  or stop is not None)
+      if not boundary:
+        continue
+      last_metrics, pending = check(*pending), None
+      if step == first_step:
+        progress.restart_clock(step)  # Leave compilation out of the throughput and ETA.
+      if step % config.log_every == 0 or step == num_steps:
+        writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
+        log.info(progress.line(step, last_metrics))
+      if step % config.eval_every == 0 or step == num_steps:
+        validate(step)
+      if step % config.checkpoint_every == 0 or step == num_steps or stop is not None:
+        latest.save(state, meta, force=True)
+      if stop is not None and step < num_steps:
+        latest.wait()
+        best.wait()
+        writer.close()
+        why = "stop_at_step" if stop == "stop_at_step" else (preemption.received or "preemption")
+        log.info("Stopped at step %d (%s) with a checkpoint; re-run the same command to resume.",
+                 step, why)
+        return {"status": "stopped", "steps": step}
   if pending is not None:
     check(*pending)
   latest.wait()
