@@ -7,13 +7,11 @@ Variants: `configs/simclr.py:digits_angle` (default), `configs/simclr.py:diabete
 """
 
 from contrastive_jax.train.defaults import base_config
+from contrastive_jax.train.defaults import self_supervised
 
 
 def get_config(variant: str = "digits_angle"):
-  config = base_config(variant)
+  config = self_supervised(base_config(variant))
   config.method = "simclr"
-  config.loss.contrastive.temperature = 0.5  # SimCLR's NT-Xent default (Chen et al. 2020, B.9).
-  config.loss.gamma_reg = 0.0                # Self-supervised: the regression branch is not trained
-  config.loss.gamma_con = 1.0
-  config.eval_with = "knn"                   # model selection and test score on frozen embeddings
-  return config
+  config.loss.contrastive.temperature = 0.5  # SimCLR's NT-Xent default (Chen et al. 2020, B.9);
+  return config                              # the thesis' small-scale baseline uses 0.1 (Ch. 5).

@@ -93,3 +93,17 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.resume = "auto"                # 'force': resume even if the checkpoint's config differs
   c.nonfinite = "stop"             # non-finite loss/gradient: "stop" (error naming the step) or "skip"
   return c
+
+
+def self_supervised(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Turns a config into label-free pretraining scored by probes of the frozen embeddings.
+
+  The contrastive loss alone trains the encoder (``gamma_reg = 0``: the regression branch is not
+  trained); validation (model selection) and test use kNN regression on the embeddings of the
+  training split, and ``results.json`` reports the ridge linear probe too (thesis Ch. 5: kNN for small
+  scale, linear probe for large scale).
+  """
+  config.loss.gamma_reg = 0.0
+  config.loss.gamma_con = 1.0
+  config.eval_with = "knn"
+  return config

@@ -217,7 +217,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log.info("Model %s: %s parameters.", config.model.encoder, f"{num_params:,}")
 
   latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+  # The best state is saved synchronously, after any in-flight save of the latest one: with several
+  # processes, two concurrent Orbax saves of the same step interfere (seen as hangs and "metadata from
+  # just one process" errors), so at most one save is ever in flight.
+  best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1, async_save=False)
   meta = {"best_step": -1, "val_best": None, "config": _identity(config)}
   if latest.latest_step() is not None:
     restored, saved_meta = latest.restore(state)
@@ -265,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     improved = meta["val_best"] is None or val["mae"] < meta["val_best"]["mae"]
     if improved:
       meta["best_step"], meta["val_best"] = step_done, val
+      latest.wait()
       best.save(state, meta, force=True)
     log.info("step %d | val MAE %.4f RMSE %.4f R2 %.4f Pearson %.4f%s", step_done, val["mae"],
                  val["rmse"], val["r2"], val["pearson"], " (best)" if improved else "")

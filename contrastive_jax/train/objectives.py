@@ -22,6 +22,15 @@ LOSS_INPUTS = {
     "adacon": ("labels", "cdf"),
     "accon": ("labels",),
     "rnc": ("labels",),
+    "supremix": ("labels", "key"),
+    "conr": ("labels", "preds"),
+    "ranksim": ("labels", "key"),
+    "npair": ("labels",),
+    "adaptive_triplet": ("labels",),
+    "binary_contrastive": (),
+    "binary_contrastive_combo": (),
+    "mio": (),
+    "dystress": (),
 }
 METHODS = ("none",) + tuple(LOSS_INPUTS)
 
