@@ -8,6 +8,7 @@ invariances, extreme inputs, input validation, the chunked (``lax.map``) path, d
 8 forced CPU devices (this file re-runs itself as the worker), and the peak memory at M = 512.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -21,10 +22,12 @@ import pytest
 
 import references_supremix as R
 import sharded_harness
-from contrastive_jax.losses import supremix as supremix_module
 from contrastive_jax.losses.supcon import supcon
 from contrastive_jax.losses.supremix import supremix
 from contrastive_jax.losses.supremix import supremix_alphas
+
+# The module itself: the attribute ``contrastive_jax.losses.supremix`` is the function of that name.
+supremix_module = importlib.import_module("contrastive_jax.losses.supremix")
 
 RTOL, ATOL = 1e-5, 1e-6
 
