@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrastive_jax.losses import _checks
+from contrastive_jax.losses.supcon import check_temperature
 from contrastive_jax.losses.supcon import cosine_rows
+from contrastive_jax.losses.supcon import pair_temperature
 from contrastive_jax.losses.supcon import supcon_from_logits
 
 
@@ -57,7 +59,7 @@ def fit_ecdf(train_labels) -> ECDF:
   return ECDF(sorted_labels=np.sort(y).astype(np.float32))
 
 
-def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature: float = 1.0 / 150.0,
+def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1.0 / 150.0,
            *, axis_name: Optional[str] = None) -> jax.Array:
   """Adaptive-margin contrastive loss (AdaCon Eq. 6).
 
@@ -65,7 +67,8 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature: 
     features: ``[batch, views, dim]`` projections (L2-normalised here).
     labels: ``[batch]`` regression labels; positives are the rows with exactly the same label.
     cdf: ``[batch]`` ``phi(labels)`` in [0, 1] from ``fit_ecdf(train_labels)``.
-    temperature: ``1 / s``; the paper's s = 150.
+    temperature: ``1 / s``; the paper's s = 150. A callable gives each pair's temperature from its
+      stop-gradient cosine similarity (e.g. a DySTreSS profile, ``dystress_temperature``).
     axis_name: mesh axis when called per shard inside ``shard_map``.
   """
   features = _checks.check_features(features, axis_name)
@@ -74,10 +77,11 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature: 
   host_cdf = _checks.concrete(cdf)
   if host_cdf is not None and (np.any(host_cdf < 0) or np.any(host_cdf > 1)):
     raise ValueError("`cdf` must lie in [0, 1] (the ECDF of the training labels, see fit_ecdf).")
-  _checks.check_positive(temperature, "temperature")
+  check_temperature(temperature)
   rows, cos = cosine_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
   anchor_phi, column_phi = rows.per_sample(cdf.astype(cos.dtype), axis_name)
   positive = anchor_y[:, None] == column_y[None, :]
   margin = jnp.where(positive, 0.0, 2.0 * jnp.abs(anchor_phi[:, None] - column_phi[None, :]))
-  return supcon_from_logits(rows, (cos + margin) / temperature, positive, 1.0, axis_name)
+  logits = (cos + margin) / pair_temperature(temperature, cos)
+  return supcon_from_logits(rows, logits, positive, 1.0, axis_name)
