@@ -8,26 +8,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from contrastive_jax.losses._checks import host_vector
+
 GMEAN_EPS = 1e-12  # G-mean = exp(mean(log(|e| + eps))): finite when an error is exactly 0
 SHOT_SUBSETS = ("many", "medium", "few", "all")
 
 
-def _vector(values, name: str, *, min_size: int = 1) -> np.ndarray:
-  arr = np.asarray(values)
-  if arr.ndim == 2 and arr.shape[1] == 1:
-    arr = arr[:, 0]
-  if arr.ndim != 1:
-    raise ValueError(f"`{name}` must be 1-D (or [N, 1]); got shape {arr.shape}.")
-  if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-    raise ValueError(f"`{name}` must be numeric; got dtype {arr.dtype}.")
-  arr = arr.astype(np.float64)
-  if arr.size < min_size:
-    raise ValueError(f"`{name}` needs at least {min_size} entr{'y' if min_size == 1 else 'ies'}; "
-                     f"got {arr.size}.")
-  bad = int(np.sum(~np.isfinite(arr)))
-  if bad:
-    raise ValueError(f"`{name}` has {bad} non-finite value(s) (NaN or inf).")
-  return arr
 
 
 def _pair(predictions, targets, min_size: int):
@@ -36,7 +22,7 @@ def _pair(predictions, targets, min_size: int):
   if p.shape != t.shape or p.size < min_size:
     raise ValueError(f"`predictions` {p.shape} and `targets` {t.shape} must be equal-length 1-D "
                      f"arrays with at least {min_size} entr{'y' if min_size == 1 else 'ies'}.")
-  return _vector(p, "predictions"), _vector(t, "targets")
+  return host_vector(p, "predictions"), host_vector(t, "targets")
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,7 +85,7 @@ def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, 
   are floored rather than truncated toward 0). G-mean uses ``GMEAN_EPS`` as ``regression_metrics``.
   """
   p, t = _pair(predictions, targets, 1)
-  train = _vector(train_labels, "train_labels", min_size=1)
+  train = host_vector(train_labels, "train_labels", min_size=1)
   try:
     w = float(bin_width)
   except (TypeError, ValueError):

@@ -66,3 +66,25 @@ def check_positive(value, name: str):
   host = concrete(value)
   if host is not None and (host.ndim != 0 or not np.isfinite(host) or host <= 0):
     raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
+
+
+def host_vector(values, name: str, *, min_size: int = 1) -> np.ndarray:
+  """A host-side 1-D float64 array (a trailing axis of size 1 is squeezed), finite, with at least
+  ``min_size`` entries; ValueError naming ``name`` otherwise. For metrics and label statistics."""
+  if values is None:
+    raise ValueError(f"`{name}` is required.")
+  arr = np.asarray(values)
+  if arr.ndim == 2 and arr.shape[1] == 1:
+    arr = arr[:, 0]
+  if arr.ndim != 1:
+    raise ValueError(f"`{name}` must be 1-D (or [N, 1]); got shape {arr.shape}.")
+  if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    raise ValueError(f"`{name}` must be numeric; got dtype {arr.dtype}.")
+  arr = arr.astype(np.float64)
+  if arr.size < min_size:
+    raise ValueError(f"`{name}` needs at least {min_size} entr{'y' if min_size == 1 else 'ies'}; "
+                     f"got {arr.size}.")
+  bad = int(np.sum(~np.isfinite(arr)))
+  if bad:
+    raise ValueError(f"`{name}` has {bad} non-finite value(s) (NaN or inf).")
+  return arr

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrastive_jax.losses._checks import concrete
+from contrastive_jax.losses._checks import host_vector
 from contrastive_jax.losses.regression import check_finite
 
 LDS_KERNELS = ("gaussian", "triang", "laplace")
@@ -65,23 +66,8 @@ _EDGE_DECIMALS = 9  # (y - low) / bin_width is rounded to this many decimals bef
 # Host-side helpers (NumPy float64)
 # ----------------------------------------------------------------------------------------------------
 def _as_labels(values, name: str, *, allow_empty: bool = False) -> np.ndarray:
-  """1-D float64 labels (a trailing axis of size 1 is squeezed); ValueError naming ``name``."""
-  if values is None:
-    raise ValueError(f"`{name}` is required.")
-  arr = np.asarray(values)
-  if arr.ndim == 2 and arr.shape[1] == 1:
-    arr = arr[:, 0]
-  if arr.ndim != 1:
-    raise ValueError(f"`{name}` must be 1-D (or [N, 1]); got shape {arr.shape}.")
-  if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-    raise ValueError(f"`{name}` must be numeric; got dtype {arr.dtype}.")
-  arr = arr.astype(np.float64)
-  if arr.size == 0 and not allow_empty:
-    raise ValueError(f"`{name}` is empty.")
-  bad = int(np.sum(~np.isfinite(arr)))
-  if bad:
-    raise ValueError(f"`{name}` has {bad} non-finite value(s) (NaN or inf).")
-  return arr
+  """1-D float64 finite labels (a trailing axis of size 1 is squeezed); ValueError naming ``name``."""
+  return host_vector(values, name, min_size=0 if allow_empty else 1)
 
 
 def _positive(value, name: str) -> float:
