@@ -331,3 +331,14 @@ def test_two_processes_train_like_one(tmp_path):
                              rtol=1e-4)
   # (Final parameters are not compared here: restoring a checkpoint written by 2 processes into this
   # 1-device test process needs Orbax resharding that `Checkpointer.restore_tree` does not do yet.)
+
+
+@pytest.mark.parametrize("field", ["batch_size", "eval_batch_size"])
+def test_batch_not_divisible_by_device_count_is_refused(tmp_path, monkeypatch, field):
+  """The check runs before anything is built; a 3-device mesh stands in for real devices."""
+  monkeypatch.setattr(loop, "make_mesh", lambda: type("Mesh3", (), {"size": 3})())
+  config = tiny_config(steps=2)
+  config.batch_size, config.eval_batch_size = 30, 60
+  config[field] = 32
+  with pytest.raises(ValueError, match=rf"`{field}`=32 must be divisible by the number of devices \(3\)"):
+    train_and_evaluate(config, str(tmp_path))
