@@ -7,3 +7,18 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 for _path in (os.path.dirname(_TESTS_DIR), _TESTS_DIR):
   if _path not in sys.path:
     sys.path.insert(0, _path)
+
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='module')
+def fast_compile():
+  """Skips most XLA optimisations for a module whose time is compilation of tiny programs (as flax's
+  examples/imagenet/train_test.py does); restores the previous setting afterwards. Opt in with
+  ``pytestmark = pytest.mark.usefixtures('fast_compile')``."""
+  previous = jax.config.values['jax_disable_most_optimizations']
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)

@@ -15,6 +15,7 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
+from inputs import make_features
 import references_comparators as R
 import sharded_harness
 from contrastive_jax.losses.conr import conr
@@ -39,14 +40,6 @@ representatives_j = jax.jit(ranksim_representatives, static_argnames=('views',))
 # ----------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------
-def make_features(seed, batch, views, dim, norm='rand'):
-  """float32 ``[batch, views, dim]``; 'unit' rows or row norms spread over [0.1, 10]."""
-  rng = np.random.default_rng(seed)
-  f = rng.normal(size=(batch, views, dim))
-  f /= np.linalg.norm(f, axis=-1, keepdims=True)
-  if norm == 'rand':
-    f *= np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(batch, views, 1)))
-  return f.astype(np.float32)
 
 
 def make_labels(seed, batch, kind):

@@ -14,13 +14,7 @@ from contrastive_jax import data
 from contrastive_jax.data import demo
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_compile():
-  """Compile time dominates these tiny programs (as in flax's examples/imagenet/train_test.py)."""
-  previous = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 # --------------------------------------------------------------------------------------------------

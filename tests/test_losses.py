@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import contrastive_jax as cj
+from inputs import central_difference
+from inputs import make_features
 import references as R
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -22,14 +24,6 @@ ACCON_RANGE = 6.0  # label_range used with the label sets below (labels live in 
 # ----------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------
-def make_features(seed, batch, views, dim, norm='rand'):
-  """float32 ``[batch, views, dim]``; 'unit': unit rows; 'rand': row norms spread over [0.1, 10]."""
-  rng = np.random.default_rng(seed)
-  f = rng.normal(size=(batch, views, dim))
-  f /= np.linalg.norm(f, axis=-1, keepdims=True)
-  if norm == 'rand':
-    f *= np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(batch, views, 1)))
-  return f.astype(np.float32)
 
 
 def make_labels(seed, batch, kind):
@@ -316,16 +310,6 @@ def test_check_grads_float64(x64, name):  # pylint: disable=redefined-outer-name
   check_grads(jax.jit(fn), (f,), order=1, modes=['rev'], atol=1e-5, rtol=1e-5, eps=1e-5)
 
 
-def _central_difference(fn, x, h=1e-6):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (fn(xp) - fn(xm)) / (2 * h)
-  return g
-
-
 @pytest.mark.parametrize('name', ['supcon', 'simclr', 'adacon', 'accon', 'accon_official', 'rnc',
                                   'rnc_vector'])
 def test_grad_matches_finite_difference_of_reference(x64, name):  # pylint: disable=redefined-outer-name,unused-argument
@@ -349,7 +333,7 @@ def test_grad_matches_finite_difference_of_reference(x64, name):  # pylint: disa
   jax_fn, ref_fn = pairs[name]
   np.testing.assert_allclose(float(jax_fn(jnp.asarray(f))), ref_fn(f), rtol=1e-12, atol=1e-12)
   got = np.asarray(jax.jit(jax.grad(jax_fn))(jnp.asarray(f)))
-  np.testing.assert_allclose(got, _central_difference(ref_fn, f), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(got, central_difference(ref_fn, f), rtol=1e-6, atol=1e-7)
 
 
 def test_float32_grad_matches_finite_difference_of_reference():
@@ -357,7 +341,7 @@ def test_float32_grad_matches_finite_difference_of_reference():
   f, y = case_inputs('ties_s0')
   got = np.asarray(jax.grad(lambda x: cj.losses.supcon(x, y))(jnp.asarray(f)))
   assert got.dtype == np.float32
-  expected = _central_difference(lambda x: R.supcon_ref(x, y), f.astype(np.float64), h=1e-5)
+  expected = central_difference(lambda x: R.supcon_ref(x, y), f.astype(np.float64), h=1e-5)
   np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
@@ -369,7 +353,7 @@ def test_regression_loss_grad():
   w = rng.uniform(0.5, 2.0, size=8).astype(np.float32)
   for kind in ('l1', 'mse', 'huber'):
     got = jax.grad(lambda p, k=kind: cj.losses.regression_loss(p, target, k, 0.7, w))(pred)
-    expected = _central_difference(lambda p, k=kind: R.regression_ref(p, target, k, 0.7, w),
+    expected = central_difference(lambda p, k=kind: R.regression_ref(p, target, k, 0.7, w),
                                    pred.astype(np.float64))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

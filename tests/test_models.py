@@ -30,13 +30,7 @@ _ENCODER_CASES = {
 }
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """Compile time dominates these tiny models: skip most XLA optimisations."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _init(module, x, train=False):

@@ -20,6 +20,7 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
+from inputs import central_difference
 import references_supremix as R
 import sharded_harness
 from contrastive_jax.losses.supcon import supcon
@@ -37,13 +38,7 @@ loss = jax.jit(supremix, static_argnames=('beta', 'official', 'axis_name'))
 alphas_of = jax.jit(supremix_alphas, static_argnames=('num_rows', 'beta', 'dtype'))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """Compile time dominates these tests (flax/scenic tests do the same); restored afterwards."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,16 +203,6 @@ def x64():
 GRAD_Y = np.array([0.0, 1.0, 2.5, 3.0])  # hard positives for the anchors labelled 1 and 2.5
 
 
-def _central_difference(fn, x, h=1e-6):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (fn(xp) - fn(xm)) / (2 * h)
-  return g
-
-
 def test_check_grads_float64(x64):  # pylint: disable=redefined-outer-name,unused-argument
   """``check_grads`` on the hand-written VJP (the hard-positive reduction, a ``custom_vjp``).
 
@@ -250,10 +235,10 @@ def test_grad_matches_finite_difference_of_reference(x64, official):  # pylint: 
   np.testing.assert_allclose(float(jax.jit(jax_fn)(jnp.asarray(f))), ref(f, GRAD_Y, a, 0.3), rtol=1e-12,
                              atol=1e-12)
   got = np.asarray(jax.jit(jax.grad(jax_fn))(jnp.asarray(f)))
-  expected = _central_difference(lambda x: ref(x, GRAD_Y, a, 0.3, frozen_features=f), f)
+  expected = central_difference(lambda x: ref(x, GRAD_Y, a, 0.3, frozen_features=f), f)
   np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
   # the mixtures really are stop-gradient: differentiating through them gives something else
-  through = _central_difference(lambda x: ref(x, GRAD_Y, a, 0.3), f)
+  through = central_difference(lambda x: ref(x, GRAD_Y, a, 0.3), f)
   assert not np.allclose(got, through, rtol=1e-3, atol=1e-4)
 
 

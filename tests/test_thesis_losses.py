@@ -29,6 +29,8 @@ from contrastive_jax.losses.dystress import dystress_temperature
 from contrastive_jax.losses.mio import capped_exp
 from contrastive_jax.losses.mio import mio
 from contrastive_jax.losses.supcon import simclr
+from inputs import central_difference
+from inputs import make_features
 import references_thesis as RT
 import sharded_harness
 
@@ -37,28 +39,12 @@ RTOL, ATOL = 1e-5, 1e-6
 TABLE_6_15 = [(0.0, 0.5), (0.2, 0.6), (0.4, 0.7), (-0.2, 0.6), (-0.4, 0.7)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compilation():
-  """Tiny problems: XLA's optimisation passes cost more than they save (restored afterwards)."""
-  old = jax.config.values['jax_disable_most_optimizations']
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 # ----------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------
-def make_features(seed, batch, views, dim, norm='rand'):
-  """float32 ``[batch, views, dim]``: 'unit' rows, 'rand' norms in [0.1, 10], 'moderate' [.3, 3]."""
-  rng = np.random.default_rng(seed)
-  f = rng.normal(size=(batch, views, dim))
-  f /= np.linalg.norm(f, axis=-1, keepdims=True)
-  if norm == 'rand':
-    f *= np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=(batch, views, 1)))
-  elif norm == 'moderate':  # raw squared distances stay O(10) (the un-normalised Combo term)
-    f *= np.exp(rng.uniform(np.log(0.3), np.log(3.0), size=(batch, views, 1)))
-  return f.astype(np.float32)
 
 
 # id -> (seed, batch, views, dim, norm)
@@ -330,23 +316,13 @@ def test_check_grads_float64(x64):  # pylint: disable=redefined-outer-name,unuse
               atol=1e-5, rtol=1e-5, eps=1e-5)
 
 
-def _central_difference(fn, x, h=1e-6):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (fn(xp) - fn(xm)) / (2 * h)
-  return g
-
-
 @pytest.mark.parametrize('name', list(ALL_GRAD_CONFIGS))
 def test_gradient_matches_finite_difference_of_reference(x64, name):  # pylint: disable=redefined-outer-name,unused-argument
   values, jacobian = _values_and_jacobian()
   k = list(ALL_GRAD_CONFIGS).index(name)
   ref = ALL_GRAD_CONFIGS[name][1]
   np.testing.assert_allclose(values[k], ref(_X_GRAD), rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(jacobian[k], _central_difference(ref, _X_GRAD), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(jacobian[k], central_difference(ref, _X_GRAD), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('profile,shift,scale', SG_PROFILES)
