@@ -48,8 +48,11 @@ def make_mesh():
 
 
 def check_loss(results, name, fn, features, sharded_args=(), replicated_args=(), *, x, w,
-               normalise=False, mesh, rtol=RTOL, atol=ATOL):
+               normalise=False, mesh, rtol=RTOL, atol=ATOL, reference_fn=None):
   """Adds the four dense-vs-sharded comparisons of ``fn`` under ``results[name/...]``.
+
+  ``reference_fn`` (default ``fn``) computes the unsharded side, e.g. the dense mode of a loss whose
+  sharded side ``fn`` runs blockwise.
 
   ``fn(features, *sharded_args, *replicated_args, axis_name=None)``: ``sharded_args`` are per-sample
   arrays split over the mesh like the features; ``replicated_args`` (PRNG keys, scalars) are passed
@@ -65,20 +68,21 @@ def check_loss(results, name, fn, features, sharded_args=(), replicated_args=(),
   args = sharded_args + replicated_args
   check = functools.partial(errors, rtol=rtol, atol=atol)
 
-  dense_vg = jax.jit(jax.value_and_grad(fn))(features, *args)
+  reference_fn = fn if reference_fn is None else reference_fn
+  dense_vg = jax.jit(jax.value_and_grad(reference_fn))(features, *args)
   sharded = jax.jit(jax.shard_map(functools.partial(fn, axis_name='batch'), mesh=mesh,
                                   in_specs=specs, out_specs=P()))
   sharded_vg = jax.jit(jax.value_and_grad(sharded))(features, *args)
   results[f'{name}/value'] = check(sharded_vg[0], dense_vg[0])
   results[f'{name}/grad_features'] = check(sharded_vg[1], dense_vg[1])
 
-  def loss_of_w(w_, x_, *a, axis_name=None):
+  def loss_of_w(w_, x_, *a, axis_name=None, loss=fn):
     feats = x_ @ w_
     if normalise:
       feats = feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
-    return fn(feats, *a, axis_name=axis_name)
+    return loss(feats, *a, axis_name=axis_name)
 
-  dense_wg = jax.jit(jax.value_and_grad(loss_of_w))(w, x, *args)
+  dense_wg = jax.jit(jax.value_and_grad(functools.partial(loss_of_w, loss=reference_fn)))(w, x, *args)
   inside = lambda x_, w_, *a: jax.value_and_grad(loss_of_w)(w_, x_, *a, axis_name='batch')
   inside_sm = jax.jit(jax.shard_map(inside, mesh=mesh, in_specs=(P('batch'), P()) + specs[1:],
                                     out_specs=(P(), P())))

@@ -27,6 +27,7 @@ finite and stays finite where the official ``exp`` overflows (temperatures below
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -35,8 +36,8 @@ import jax.numpy as jnp
 
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
-from contrastive_jax.losses.supcon import cosine_rows
-from contrastive_jax.losses.supcon import supcon_from_logits
+from contrastive_jax.losses.supcon import softmax_loss
+from contrastive_jax.losses.supcon import unit_rows
 
 
 def compensated_cosine(cos: jax.Array, label_diff: jax.Array, label_range: float, eps: float,
@@ -48,9 +49,53 @@ def compensated_cosine(cos: jax.Array, label_diff: jax.Array, label_range: float
   return value + eps if trailing_eps else value
 
 
+def _positives(params, binned: bool, a_y, c_y):
+  """Same label (or, with ``bin_width``, the same bin ``floor(y / bin_width)``)."""
+  if binned:
+    return jnp.floor(a_y / params["bin_width"])[:, None] == jnp.floor(c_y / params["bin_width"])[None, :]
+  return a_y[:, None] == c_y[None, :]
+
+
+def _paper_logits(binned, matmul_dtype, params, a, c, a_y, c_y):
+  """ACCon tile (Eq. 4, 7): ``c / tau`` for positives, ``cos~theta / tau`` for negatives."""
+  cos = pairwise.tile_dot(a, c, matmul_dtype)
+  positive = _positives(params, binned, a_y, c_y)
+  label_diff = c_y[None, :] - a_y[:, None]
+  negative = compensated_cosine(cos, label_diff, params["label_range"], params["epsilon"])
+  return jnp.where(positive, cos, negative) / params["temperature"], positive
+
+
+# Official-mode statistics: row max of c/tau over ALL columns (self included; the official shift),
+# log-sum-exp of c/tau over the positives and of cos~theta/tau over the negatives (both a != i),
+# sum of c/tau over the positives, |P(i)|.
+_OFFICIAL_KINDS = ("max", "lse", "lse", "sum", "sum")
+
+
+def _official_pairs(binned, matmul_dtype, params, a, c, a_y, c_y, is_self):
+  cos = jnp.clip(pairwise.tile_dot(a, c, matmul_dtype), -1.0, 1.0)
+  logits = cos / params["temperature"]
+  valid = ~is_self
+  positive = _positives(params, binned, a_y, c_y) & valid
+  negative = valid & ~positive
+  label_diff = c_y[None, :] - a_y[:, None]
+  negative_logits = compensated_cosine(cos, label_diff, params["label_range"], params["epsilon"],
+                                       trailing_eps=False) / params["temperature"]
+  return (logits, jnp.where(positive, logits, -jnp.inf), jnp.where(negative, negative_logits, -jnp.inf),
+          jnp.where(positive, logits, 0.0), positive.astype(logits.dtype))
+
+
+def _official_per_anchor(row_max, lse_positive, lse_negative, positive_sum, count, epsilon):
+  """``(sum_p [c_ip/tau - max - log den_i] + eps) / (|P(i)| + eps)``, ``den_i = sum_{p} e^{c_ip/tau -
+  max} + sum_{m} e^{cos~theta_im / tau}`` (the official shifted positives, unshifted negatives)."""
+  log_denominator = jnp.logaddexp(lse_positive - row_max, lse_negative)
+  summed = positive_sum - count * row_max - jnp.where(count > 0, count * log_denominator, 0.0)
+  return (summed + epsilon) / (count + epsilon)
+
+
 def accon(features: jax.Array, labels: jax.Array, label_range: float, temperature: float = 0.05,
           *, bin_width: Optional[float] = None, epsilon: float = 1e-6, official: bool = False,
-          base_temperature: Optional[float] = None, axis_name: Optional[str] = None) -> jax.Array:
+          base_temperature: Optional[float] = None, axis_name: Optional[str] = None,
+          impl: str = "auto", tile=None, matmul_dtype=None) -> jax.Array:
   """Angle-compensated contrastive loss (ACCon Eq. 4-7).
 
   Args:
@@ -66,6 +111,8 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
     base_temperature: ``official=True`` only: the loss is scaled by ``tau / tau_base``; defaults to
       ``temperature`` as in the official training script.
     axis_name: mesh axis when called per shard inside ``shard_map``.
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
+      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
@@ -73,31 +120,20 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
   _checks.check_positive(temperature, "temperature")
   if bin_width is not None:
     _checks.check_positive(bin_width, "bin_width")
-  rows, cos = cosine_rows(features, axis_name)
-  anchor_y, column_y = rows.per_sample(labels.astype(cos.dtype), axis_name)
-  if bin_width is None:
-    positive = anchor_y[:, None] == column_y[None, :]
-  else:
-    positive = (jnp.floor(anchor_y / bin_width)[:, None] == jnp.floor(column_y / bin_width)[None, :])
-  label_diff = column_y[None, :] - anchor_y[:, None]
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = unit_rows(features, axis_name)
+  anchor_y, column_y = rows.per_sample(labels.astype(features.dtype), axis_name)
+  params = {"temperature": temperature, "label_range": label_range, "epsilon": epsilon}
+  if bin_width is not None:
+    params["bin_width"] = bin_width
+  binned = bin_width is not None
   if not official:
-    negative_logits = compensated_cosine(cos, label_diff, label_range, epsilon) / temperature
-    logits = jnp.where(positive, cos / temperature, negative_logits)
-    return supcon_from_logits(rows, logits, positive, 1.0, axis_name)
-
+    logits_fn = functools.partial(_paper_logits, binned, block.matmul_dtype)
+    return softmax_loss(logits_fn, params, rows, anchor_y, column_y, 1.0, axis_name, block)
   base_temperature = temperature if base_temperature is None else base_temperature
   _checks.check_positive(base_temperature, "base_temperature")
-  cos = jnp.clip(cos, -1.0, 1.0)
-  logits = cos / temperature
-  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
-  shifted = logits - row_max
-  negative_logits = compensated_cosine(cos, label_diff, label_range, epsilon,
-                                       trailing_eps=False) / temperature
-  valid = ~rows.is_self
-  positive = positive & valid
-  log_denominator = pairwise.masked_logsumexp(jnp.where(positive, shifted, negative_logits), valid)
-  log_prob = shifted - log_denominator[:, None]
-  count = jnp.sum(positive, axis=1).astype(cos.dtype)
-  summed = jnp.sum(jnp.where(positive, log_prob, 0.0), axis=1)
-  per_anchor = (summed + epsilon) / (count + epsilon)
+  pair_fn = functools.partial(_official_pairs, binned, block.matmul_dtype)
+  stats = pairwise.row_statistics(pair_fn, _OFFICIAL_KINDS, params, rows.anchors, rows.columns,
+                                  anchor_y, column_y, rows.row_offset, block=block)
+  per_anchor = _official_per_anchor(*stats, epsilon)
   return -(temperature / base_temperature) * pairwise.global_mean(per_anchor, axis_name)

@@ -12,6 +12,7 @@ mid-ranks ``r`` equal these with ``phi = r / N_train``.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.struct
@@ -19,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 from contrastive_jax.losses.supcon import check_temperature
-from contrastive_jax.losses.supcon import cosine_rows
 from contrastive_jax.losses.supcon import pair_temperature
-from contrastive_jax.losses.supcon import supcon_from_logits
+from contrastive_jax.losses.supcon import softmax_loss
+from contrastive_jax.losses.supcon import unit_rows
 
 
 @flax.struct.dataclass
@@ -59,8 +61,19 @@ def fit_ecdf(train_labels) -> ECDF:
   return ECDF(sorted_labels=np.sort(y).astype(np.float32))
 
 
+def _margin_logits(temperature, matmul_dtype, params, a, c, a_aux, c_aux):
+  """AdaCon tile (Eq. 4, 6): ``(cos + d) / tau`` with ``d = 2 |phi_i - phi_a|`` for negatives."""
+  (a_y, a_phi), (c_y, c_phi) = a_aux, c_aux
+  cos = pairwise.tile_dot(a, c, matmul_dtype)
+  positive = a_y[:, None] == c_y[None, :]
+  margin = jnp.where(positive, 0.0, 2.0 * jnp.abs(a_phi[:, None] - c_phi[None, :]))
+  tau = pair_temperature(temperature if callable(temperature) else params["temperature"], cos)
+  return (cos + margin) / tau, positive
+
+
 def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1.0 / 150.0,
-           *, axis_name: Optional[str] = None) -> jax.Array:
+           *, axis_name: Optional[str] = None, impl: str = "auto", tile=None,
+           matmul_dtype=None) -> jax.Array:
   """Adaptive-margin contrastive loss (AdaCon Eq. 6).
 
   Args:
@@ -70,6 +83,8 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
     temperature: ``1 / s``; the paper's s = 150. A callable gives each pair's temperature from its
       stop-gradient cosine similarity (e.g. a DySTreSS profile, ``dystress_temperature``).
     axis_name: mesh axis when called per shard inside ``shard_map``.
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
+      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
@@ -78,10 +93,12 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
   if host_cdf is not None and (np.any(host_cdf < 0) or np.any(host_cdf > 1)):
     raise ValueError("`cdf` must lie in [0, 1] (the ECDF of the training labels, see fit_ecdf).")
   check_temperature(temperature)
-  rows, cos = cosine_rows(features, axis_name)
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
-  anchor_phi, column_phi = rows.per_sample(cdf.astype(cos.dtype), axis_name)
-  positive = anchor_y[:, None] == column_y[None, :]
-  margin = jnp.where(positive, 0.0, 2.0 * jnp.abs(anchor_phi[:, None] - column_phi[None, :]))
-  logits = (cos + margin) / pair_temperature(temperature, cos)
-  return supcon_from_logits(rows, logits, positive, 1.0, axis_name)
+  anchor_phi, column_phi = rows.per_sample(cdf.astype(features.dtype), axis_name)
+  logits_fn = functools.partial(_margin_logits, temperature if callable(temperature) else None,
+                                block.matmul_dtype)
+  params = {} if callable(temperature) else {"temperature": temperature}
+  return softmax_loss(logits_fn, params, rows, (anchor_y, anchor_phi), (column_y, column_phi), 1.0,
+                      axis_name, block)

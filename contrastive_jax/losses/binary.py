@@ -40,6 +40,7 @@ Interpretations (the thesis is silent or inconsistent):
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import jax
@@ -48,7 +49,9 @@ import numpy as np
 
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
-from contrastive_jax.losses.supcon import supcon_from_logits
+from contrastive_jax.losses.supcon import SOFTMAX_KINDS
+from contrastive_jax.losses.supcon import mean_log_prob
+from contrastive_jax.losses.supcon import softmax_statistics
 
 
 def require_views(features, min_views: int, name: str):
@@ -71,18 +74,10 @@ def require_negatives(total_rows: int, views: int, name: str):
                      f"pairs; got {total_rows // views}.")
 
 
-def normalized_rows(features: jax.Array, axis_name: Optional[str]):
-  """(raw rows, unit anchors, unit columns, cosine ``[n, N]``) from one all-gather."""
-  rows = pairwise.make_rows(features, axis_name)
-  anchors = pairwise.l2_normalize(rows.anchors)
-  columns = pairwise.l2_normalize(rows.columns)
-  return rows, anchors, columns, anchors @ columns.T
-
-
-def pair_masks(rows: pairwise.Rows):
-  """(positive, negative) ``[n, N]`` bool masks: other views of the same sample / other samples."""
-  same = rows.anchor_sample[:, None] == rows.column_sample[None, :]
-  return same & ~rows.is_self, ~same
+def sample_masks(a_sample: jax.Array, c_sample: jax.Array, is_self: jax.Array):
+  """(positive, negative) tile masks: other views of the same sample / other samples."""
+  same = a_sample[:, None] == c_sample[None, :]
+  return same & ~is_self, ~same
 
 
 def resolve_nu(nu: Union[float, str], total_rows: int, views: int):
@@ -98,20 +93,37 @@ def resolve_nu(nu: Union[float, str], total_rows: int, views: int):
   return nu
 
 
-def binary_contrastive_from_cosine(rows: pairwise.Rows, cos: jax.Array, temperature, nu,
-                                   axis_name: Optional[str]) -> jax.Array:
-  """Eq. 4.14 from this shard's cosine rows ``[n, N]``: ``-(1/M^2)`` sum of pair log-likelihoods."""
-  positive, negative = pair_masks(rows)
-  logits = cos / temperature - jnp.log(jnp.asarray(nu, cos.dtype))
-  # -ln sigma(u) = softplus(-u);  -ln(1 - sigma(u)) = softplus(u): finite for every finite u.
-  nll = (jnp.where(positive, jax.nn.softplus(-logits), 0.0) +
-         jnp.where(negative, jax.nn.softplus(logits), 0.0))
-  per_anchor = jnp.sum(nll, axis=1) / cos.shape[1]  # 1/M here, the other 1/M in global_mean
-  return pairwise.global_mean(per_anchor, axis_name)
+def _bcl_terms(params, cos, positive, negative):
+  """Eq. 4.14 pair terms: ``-ln sigma(u)`` (positives), ``-ln(1 - sigma(u))`` (negatives),
+  ``u = c / tau - ln nu``; softplus keeps both finite for every finite ``u``."""
+  logits = cos / params["temperature"] - jnp.log(params["nu"])
+  return (jnp.where(positive, jax.nn.softplus(-logits), 0.0) +
+          jnp.where(negative, jax.nn.softplus(logits), 0.0))
+
+
+def _bcl_pairs(matmul_dtype, params, a, c, a_sample, c_sample, is_self):
+  """One statistic: the summed pair negative log-likelihoods of the L2-normalised tile."""
+  cos = pairwise.tile_dot(pairwise.l2_normalize(a), pairwise.l2_normalize(c), matmul_dtype)
+  positive, negative = sample_masks(a_sample, c_sample, is_self)
+  return (_bcl_terms(params, cos, positive, negative),)
+
+
+def _combo_pairs(matmul_dtype, normalize_contr, params, a, c, a_sample, c_sample, is_self):
+  """Eq. 4.14 pair terms and the SupCon-family statistics of Eq. 4.17's squared-distance logits."""
+  a_unit, c_unit = pairwise.l2_normalize(a), pairwise.l2_normalize(c)
+  cos = pairwise.tile_dot(a_unit, c_unit, matmul_dtype)
+  positive, negative = sample_masks(a_sample, c_sample, is_self)
+  bcl = _bcl_terms(params, cos, positive, negative)
+  if normalize_contr:
+    contr_logits = (2.0 * cos - jnp.sum(c_unit * c_unit, axis=1)[None, :]) / params["contr_temperature"]
+  else:
+    contr_logits = squared_distance_logits(a, c, params["contr_temperature"], matmul_dtype)
+  return (bcl,) + softmax_statistics(contr_logits, positive, is_self)
 
 
 def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
-                       nu: Union[float, str] = 1.0, axis_name: Optional[str] = None) -> jax.Array:
+                       nu: Union[float, str] = 1.0, axis_name: Optional[str] = None,
+                       impl: str = "auto", tile=None, matmul_dtype=None) -> jax.Array:
   """Binary contrastive loss ``L_Proposed`` (thesis Eq. 4.14), optionally with the NCE ``nu``.
 
   ``-(1/M^2) [sum_{X+} ln sigma(c/tau - ln nu) + sum_{X-} ln(1 - sigma(c/tau - ln nu))]`` over the
@@ -124,6 +136,8 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
       loss: 1) or ``'nce'`` for ``T_n / T_p = (M - V)/(V - 1)`` (``2N - 2`` with two views,
       Eq. 4.10).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
+      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
 
   Returns:
     The scalar loss (float32, or float64 for float64 inputs under x64).
@@ -131,19 +145,28 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
   features = _checks.check_features(features, axis_name)
   _checks.check_positive(temperature, "temperature")
   nu = resolve_nu(nu, global_num_rows(features, axis_name), features.shape[1])
-  rows, _, _, cos = normalized_rows(features, axis_name)
-  return binary_contrastive_from_cosine(rows, cos, temperature, nu, axis_name)
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = pairwise.make_rows(features, axis_name)
+  (summed,) = pairwise.row_statistics(
+      functools.partial(_bcl_pairs, block.matmul_dtype), ("sum",),
+      {"temperature": temperature, "nu": nu}, rows.anchors, rows.columns, rows.anchor_sample,
+      rows.column_sample, rows.row_offset, block=block)
+  # 1/M here, the other 1/M in global_mean
+  return pairwise.global_mean(summed / rows.columns.shape[0], axis_name)
 
 
-def squared_distance_logits(anchors: jax.Array, columns: jax.Array, temperature) -> jax.Array:
+def squared_distance_logits(anchors: jax.Array, columns: jax.Array, temperature,
+                            matmul_dtype=None) -> jax.Array:
   """``-|a_i - b_j|^2 / tau`` up to the row constant ``-|a_i|^2 / tau`` (cancels in a softmax)."""
-  return (2.0 * (anchors @ columns.T) - jnp.sum(columns * columns, axis=1)[None, :]) / temperature
+  dots = pairwise.tile_dot(anchors, columns, matmul_dtype)
+  return (2.0 * dots - jnp.sum(columns * columns, axis=1)[None, :]) / temperature
 
 
 def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
                              contr_temperature: float = 0.33, contr_weight: float = 1.0, *,
                              nu: Union[float, str] = 1.0, normalize_contr: bool = True,
-                             axis_name: Optional[str] = None) -> jax.Array:
+                             axis_name: Optional[str] = None, impl: str = "auto", tile=None,
+                             matmul_dtype=None) -> jax.Array:
   """``L_Combo = L_BCL + contr_weight * L_Contr`` (thesis Eq. 4.17-4.18; weight 1 there).
 
   Args:
@@ -154,6 +177,7 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
     nu: the binary term's imbalance factor (see :func:`binary_contrastive`).
     normalize_contr: squared distances of L2-normalised embeddings (default) or of the raw ones.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    impl, tile, matmul_dtype: as in :func:`binary_contrastive`.
 
   Returns:
     The scalar loss.
@@ -165,12 +189,13 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
   if weight is not None and (weight.ndim != 0 or not np.isfinite(weight) or weight < 0):
     raise ValueError(f"`contr_weight` must be a finite number >= 0; got {contr_weight!r}.")
   nu = resolve_nu(nu, global_num_rows(features, axis_name), features.shape[1])
-  rows, anchors, columns, cos = normalized_rows(features, axis_name)
-  bcl = binary_contrastive_from_cosine(rows, cos, temperature, nu, axis_name)
-  if normalize_contr:
-    contr_logits = squared_distance_logits(anchors, columns, contr_temperature)
-  else:
-    contr_logits = squared_distance_logits(rows.anchors, rows.columns, contr_temperature)
-  positive, _ = pair_masks(rows)
-  contr = supcon_from_logits(rows, contr_logits, positive, 1.0, axis_name)
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = pairwise.make_rows(features, axis_name)
+  params = {"temperature": temperature, "nu": nu, "contr_temperature": contr_temperature}
+  bcl_sum, *contr_stats = pairwise.row_statistics(
+      functools.partial(_combo_pairs, block.matmul_dtype, bool(normalize_contr)),
+      ("sum",) + SOFTMAX_KINDS, params, rows.anchors, rows.columns, rows.anchor_sample,
+      rows.column_sample, rows.row_offset, block=block)
+  bcl = pairwise.global_mean(bcl_sum / rows.columns.shape[0], axis_name)
+  contr = -pairwise.global_mean(mean_log_prob(*contr_stats), axis_name)
   return bcl + contr_weight * contr

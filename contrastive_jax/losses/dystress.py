@@ -39,6 +39,7 @@ Interpretations:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -47,9 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from contrastive_jax.losses import _checks
-from contrastive_jax.losses.binary import normalized_rows
-from contrastive_jax.losses.binary import pair_masks
-from contrastive_jax.losses.supcon import supcon_from_logits
+from contrastive_jax import pairwise
+from contrastive_jax.losses.supcon import softmax_loss
+from contrastive_jax.losses.supcon import unit_rows
 
 PROFILES = ("cosine", "shifted", "linear", "exponential")
 
@@ -110,6 +111,11 @@ def dystress_temperature(similarity, tau_min, tau_max, profile: str = "cosine", 
     ``tau`` with the shape of ``similarity``.
   """
   _check_profile_args(tau_min, tau_max, profile, shift, scale, rate)
+  return _profile(similarity, tau_min, tau_max, profile, shift, scale, rate)
+
+
+def _profile(similarity, tau_min, tau_max, profile, shift, scale, rate):
+  """:func:`dystress_temperature` without the argument checks (hyperparameters may be tracers)."""
   c = jnp.asarray(similarity)
   if not jnp.issubdtype(c.dtype, jnp.floating):
     c = c.astype(jnp.float32)
@@ -126,9 +132,19 @@ def dystress_temperature(similarity, tau_min, tau_max, profile: str = "cosine", 
   return tau.astype(c.dtype)
 
 
+def _dystress_logits(profile, grad_through_temperature, matmul_dtype, params, a, c, a_s, c_s):
+  """DySTreSS tile: ``c / tau(c)`` (Eq. 6.1), positives the other views of the same sample."""
+  cos = pairwise.tile_dot(a, c, matmul_dtype)
+  source = cos if grad_through_temperature else jax.lax.stop_gradient(cos)
+  tau = _profile(source, params["tau_min"], params["tau_max"], profile, params["shift"],
+                 params["scale"], params["rate"])
+  return cos / tau, a_s[:, None] == c_s[None, :]
+
+
 def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shift=0.0,
              scale=1.0, *, rate=3.5, grad_through_temperature: bool = False,
-             axis_name: Optional[str] = None) -> jax.Array:
+             axis_name: Optional[str] = None, impl: str = "auto", tile=None,
+             matmul_dtype=None) -> jax.Array:
   """NT-Xent with per-pair temperatures ``tau(c_ij)`` (DySTreSS: Eq. 6.1 with Eq. 6.16 / Alg. 6.1).
 
   Args:
@@ -138,14 +154,18 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
     grad_through_temperature: False (default, the author's code): ``tau`` from stop-gradient
       similarities; True: differentiate through ``tau(c)`` as well.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
+      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
 
   Returns:
     The scalar loss, the mean over all anchors of the global batch.
   """
   features = _checks.check_features(features, axis_name)
   _check_profile_args(tau_min, tau_max, profile, shift, scale, rate)
-  rows, _, _, cos = normalized_rows(features, axis_name)
-  source = cos if grad_through_temperature else jax.lax.stop_gradient(cos)
-  tau = dystress_temperature(source, tau_min, tau_max, profile, shift, scale, rate=rate)
-  positive, _ = pair_masks(rows)
-  return supcon_from_logits(rows, cos / tau, positive, 1.0, axis_name)
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = unit_rows(features, axis_name)
+  params = {"tau_min": tau_min, "tau_max": tau_max, "shift": shift, "scale": scale, "rate": rate}
+  logits_fn = functools.partial(_dystress_logits, profile, bool(grad_through_temperature),
+                                block.matmul_dtype)
+  return softmax_loss(logits_fn, params, rows, rows.anchor_sample, rows.column_sample, 1.0,
+                      axis_name, block)

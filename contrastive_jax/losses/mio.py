@@ -33,6 +33,7 @@ Interpretations:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -44,8 +45,8 @@ from contrastive_jax.losses import _checks
 from contrastive_jax.losses.binary import require_negatives
 from contrastive_jax.losses.binary import require_views
 from contrastive_jax.losses.binary import global_num_rows
-from contrastive_jax.losses.binary import normalized_rows
-from contrastive_jax.losses.binary import pair_masks
+from contrastive_jax.losses.binary import sample_masks
+from contrastive_jax.losses.supcon import unit_rows
 
 MIO_VERSIONS = (1, 2, 3)
 _HEADROOM = 20.0  # e^20 ~ 5e8: room below the dtype's max for the gradient's 1/tau, Jacobians
@@ -57,8 +58,22 @@ def capped_exp(x: jax.Array) -> jax.Array:
   return jnp.exp(jnp.minimum(x, cap)) * (1.0 + jnp.maximum(x - cap, 0.0))
 
 
+def _mio_pairs(version, matmul_dtype, params, a, c, a_s, c_s, is_self):
+  """MIO tile: (positive-pair term, negative-pair term) of Eq. 5.13 / 5.16 / 5.21 with ``u = c/tau``;
+  v3's negative statistic is a log-sum-exp of ``u`` (its mean of ``e^u`` is formed afterwards)."""
+  u = pairwise.tile_dot(a, c, matmul_dtype) / params["temperature"]
+  positive, negative = sample_masks(a_s, c_s, is_self)
+  pos_terms = jax.nn.softplus(-u) if version == 1 else -u  # -ln sigma(u), or -u
+  if version == 3:
+    neg = jnp.where(negative, u, -jnp.inf)
+  else:
+    neg = jnp.where(negative, jax.nn.softplus(u), 0.0)
+  return jnp.where(positive, pos_terms, 0.0), neg
+
+
 def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
-        axis_name: Optional[str] = None) -> jax.Array:
+        axis_name: Optional[str] = None, impl: str = "auto", tile=None,
+        matmul_dtype=None) -> jax.Array:
   """MIO loss, version 1, 2 or 3 (thesis Eq. 5.13, 5.16, 5.21; see the module docstring).
 
   Args:
@@ -68,6 +83,8 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
       positive-pair repulsion ``R_pp``) or 3 (MIOv3, the proposed loss: ``ln(1 + e^x)`` of the
       negatives replaced by its upper bound ``e^x``, Eq. 5.19).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
+      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
 
   Returns:
     The scalar loss.
@@ -78,21 +95,17 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
   _checks.check_positive(temperature, "temperature")
   require_views(features, 2, "mio")
   require_negatives(global_num_rows(features, axis_name), features.shape[1], "mio")
-  rows, _, _, cos = normalized_rows(features, axis_name)
-  positive, negative = pair_masks(rows)
-  views, total = rows.num_views, cos.shape[1]
-  u = cos / temperature
-
-  if version == 1:
-    pos_terms = jax.nn.softplus(-u)  # -ln sigma(u)
-  else:
-    pos_terms = -u
-  pos = jnp.sum(jnp.where(positive, pos_terms, 0.0), axis=1) / (views - 1)
-
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = unit_rows(features, axis_name)
+  views, total = rows.num_views, rows.columns.shape[0]
+  pos, neg = pairwise.row_statistics(
+      functools.partial(_mio_pairs, version, block.matmul_dtype),
+      ("sum", "lse" if version == 3 else "sum"), {"temperature": temperature}, rows.anchors,
+      rows.columns, rows.anchor_sample, rows.column_sample, rows.row_offset, block=block)
+  pos = pos / (views - 1)
   if version == 3:
-    log_mean = pairwise.masked_logsumexp(u, negative) - math.log(total - views)
-    neg = capped_exp(log_mean)
+    neg = capped_exp(neg - math.log(total - views))
   else:
-    neg = jnp.sum(jnp.where(negative, jax.nn.softplus(u), 0.0), axis=1) / (total - views)
+    neg = neg / (total - views)
   # every anchor has V - 1 positives and M - V negatives: the per-pair means are means over anchors
   return pairwise.global_mean(pos + neg, axis_name)

@@ -9,6 +9,7 @@ count in the mean (SupContrast since PR #142).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -18,11 +19,50 @@ from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 
 
+# Per-anchor statistics of the SupCon family (SupCon Eq. 2, AdaCon Eq. 6, ACCon Eq. 4, DySTreSS
+# Eq. 6.1): log sum_{a != i} exp(l_ia), sum_{p in P(i)} l_ip and |P(i)|, so that
+#   (1/|P(i)|) sum_p log softmax_{a != i}(l_i)_p = sum_p l_ip / |P(i)| - logsumexp_{a != i} l_ia.
+SOFTMAX_KINDS = ("lse", "sum", "sum")
+
+
+def softmax_statistics(logits: jax.Array, positive: jax.Array, is_self: jax.Array):
+  """The :data:`SOFTMAX_KINDS` entries of one tile: (denominator logits, positive logits, positives)."""
+  valid = ~is_self
+  positive = positive & valid
+  return (jnp.where(valid, logits, -jnp.inf), jnp.where(positive, logits, 0.0),
+          positive.astype(logits.dtype))
+
+
+def mean_log_prob(log_denominator, positive_sum, count):
+  """``sum_p l_ip / |P(i)| - log_denominator_i``; 0 for an anchor without positives."""
+  return positive_sum / jnp.maximum(count, 1.0) - jnp.where(count > 0, log_denominator, 0.0)
+
+
+def softmax_pair_fn(logits_fn):
+  """Pair function of the SupCon family from ``logits_fn(params, a, c, a_aux, c_aux)`` returning
+  the tile's ``(logits, positive)``."""
+  def pair_fn(params, a, c, a_aux, c_aux, is_self):
+    logits, positive = logits_fn(params, a, c, a_aux, c_aux)
+    return softmax_statistics(logits, positive, is_self)
+  return pair_fn
+
+
+def softmax_loss(logits_fn, params, rows: pairwise.Rows, anchor_aux, column_aux, scale,
+                 axis_name: Optional[str], block: pairwise.Blocking) -> jax.Array:
+  """``-scale * mean_i mean_{p in P(i)} log softmax_{a != i}(logits_i)_p`` over the global batch,
+  dense or blockwise (``block``); ``logits_fn`` as in :func:`softmax_pair_fn`."""
+  stats = pairwise.row_statistics(softmax_pair_fn(logits_fn), SOFTMAX_KINDS, params, rows.anchors,
+                                  rows.columns, anchor_aux, column_aux, rows.row_offset,
+                                  block=block)
+  return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
+
+
 def supcon_from_logits(rows: pairwise.Rows, logits: jax.Array, positive: jax.Array,
                        scale: float, axis_name: Optional[str]) -> jax.Array:
-  """``-scale * mean_i mean_{p in P(i)} log softmax_{a != i}(logits_i)_p`` over the global batch."""
-  per_anchor = pairwise.mean_log_prob_over_positives(logits, positive & ~rows.is_self, ~rows.is_self)
-  return -scale * pairwise.global_mean(per_anchor, axis_name)
+  """The SupCon-family loss from a materialised ``[n, N]`` logit matrix (dense only)."""
+  stats = tuple(jnp.sum(x, axis=1) if k == "sum" else pairwise.masked_logsumexp(x, x > -jnp.inf)
+                for k, x in zip(SOFTMAX_KINDS, softmax_statistics(logits, positive, rows.is_self)))
+  return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
 
 
 def pair_temperature(temperature, cos: jax.Array):
@@ -55,14 +95,29 @@ def check_temperature(temperature, base_temperature=None):
   return temperature / base_temperature
 
 
-def cosine_rows(features: jax.Array, axis_name: Optional[str]):
-  """Rows of L2-normalised features and their cosine similarities ``[n, N]``."""
-  rows = pairwise.make_rows(pairwise.l2_normalize(features), axis_name)
-  return rows, rows.anchors @ rows.columns.T
+def unit_rows(features: jax.Array, axis_name: Optional[str]) -> pairwise.Rows:
+  """Rows of L2-normalised features (normalised per row, before the all-gather)."""
+  return pairwise.make_rows(pairwise.l2_normalize(features), axis_name)
+
+
+def _scalar_or_callable(temperature, params):
+  return temperature if callable(temperature) else params["temperature"]
+
+
+def _label_logits(temperature, matmul_dtype, params, a, c, a_y, c_y):
+  """SupCon tile: ``cos / tau``, positives where the labels (or sample ids) are equal."""
+  cos = pairwise.tile_dot(a, c, matmul_dtype)
+  tau = pair_temperature(_scalar_or_callable(temperature, params), cos)
+  return cos / tau, a_y[:, None] == c_y[None, :]
+
+
+def _temperature_params(temperature) -> dict:
+  return {} if callable(temperature) else {"temperature": temperature}
 
 
 def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
-           base_temperature: Optional[float] = 0.07, *, axis_name: Optional[str] = None) -> jax.Array:
+           base_temperature: Optional[float] = 0.07, *, axis_name: Optional[str] = None,
+           impl: str = "auto", tile=None, matmul_dtype=None) -> jax.Array:
   """Supervised contrastive loss; positives are the rows with the same label (other views included).
 
   Args:
@@ -72,6 +127,8 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
       cosine similarity (see :func:`pair_temperature`; then ``base_temperature=None``).
     base_temperature: ``tau_base``; the loss is scaled by ``tau / tau_base``.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
+      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
 
   Returns:
     The float32 scalar loss, the mean over all anchors of the global batch.
@@ -79,24 +136,29 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
   scale = check_temperature(temperature, base_temperature)
-  rows, cos = cosine_rows(features, axis_name)
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
-  positive = anchor_y[:, None] == column_y[None, :]
-  return supcon_from_logits(rows, cos / pair_temperature(temperature, cos), positive, scale,
-                            axis_name)
+  logits_fn = functools.partial(_label_logits, temperature if callable(temperature) else None,
+                                block.matmul_dtype)
+  return softmax_loss(logits_fn, _temperature_params(temperature), rows, anchor_y, column_y,
+                      scale, axis_name, block)
 
 
 def simclr(features: jax.Array, temperature: float = 0.5, base_temperature: Optional[float] = None,
-           *, axis_name: Optional[str] = None) -> jax.Array:
+           *, axis_name: Optional[str] = None, impl: str = "auto", tile=None,
+           matmul_dtype=None) -> jax.Array:
   """NT-Xent (SimCLR): positives of an anchor are the other views of the same sample.
 
-  ``base_temperature`` defaults to ``temperature`` (no rescaling, the SimCLR paper's form).
+  ``base_temperature`` defaults to ``temperature`` (no rescaling, the SimCLR paper's form);
+  ``impl``, ``tile``, ``matmul_dtype`` as in :func:`supcon`.
   """
   features = _checks.check_features(features, axis_name)
   _checks.check_positive(temperature, "temperature")
   base_temperature = temperature if base_temperature is None else base_temperature
   _checks.check_positive(base_temperature, "base_temperature")
-  rows, cos = cosine_rows(features, axis_name)
-  positive = rows.anchor_sample[:, None] == rows.column_sample[None, :]
-  return supcon_from_logits(rows, cos / temperature, positive, temperature / base_temperature,
-                            axis_name)
+  block = pairwise.blocking(impl, tile, matmul_dtype)
+  rows = unit_rows(features, axis_name)
+  logits_fn = functools.partial(_label_logits, None, block.matmul_dtype)
+  return softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
+                      rows.column_sample, temperature / base_temperature, axis_name, block)

@@ -22,15 +22,21 @@ class Rows(NamedTuple):
     columns: ``[N, dim]`` embeddings of the whole global batch (``N = global_batch * views``).
     anchor_sample: ``[n]`` int32 global sample id of each anchor row.
     column_sample: ``[N]`` int32 global sample id of each column.
-    is_self: ``[n, N]`` bool, True where the column is the anchor itself.
     num_views: views per sample.
+    row_offset: global column index of the first local anchor (``shard * local_batch * views``).
   """
   anchors: jax.Array
   columns: jax.Array
   anchor_sample: jax.Array
   column_sample: jax.Array
-  is_self: jax.Array
   num_views: int
+  row_offset: jax.Array
+
+  @property
+  def is_self(self) -> jax.Array:
+    """``[n, N]`` bool, True where the column is the anchor itself (built on demand)."""
+    anchor_index = self.row_offset + jnp.arange(self.anchors.shape[0], dtype=jnp.int32)
+    return anchor_index[:, None] == jnp.arange(self.columns.shape[0], dtype=jnp.int32)[None, :]
 
   def per_sample(self, values: jax.Array, axis_name: Optional[str]):
     """Expands a per-sample array ``[local_batch, ...]`` to (anchor rows, columns)."""
@@ -58,9 +64,8 @@ def make_rows(features: jax.Array, axis_name: Optional[str] = None) -> Rows:
   offset = _shard_index(axis_name) * batch
   anchor_sample = jnp.repeat(offset + jnp.arange(batch, dtype=jnp.int32), views)
   column_sample = jnp.repeat(jnp.arange(columns.shape[0] // views, dtype=jnp.int32), views)
-  anchor_index = offset * views + jnp.arange(batch * views, dtype=jnp.int32)
-  is_self = anchor_index[:, None] == jnp.arange(columns.shape[0], dtype=jnp.int32)[None, :]
-  return Rows(anchors, columns, anchor_sample, column_sample, is_self, views)
+  row_offset = jnp.asarray(offset * views, jnp.int32)
+  return Rows(anchors, columns, anchor_sample, column_sample, views, row_offset)
 
 
 def global_mean(per_anchor: jax.Array, axis_name: Optional[str] = None) -> jax.Array:
