@@ -6,8 +6,12 @@ r"""Starts a training run from an ml_collections config file.
 
 Any config field can be overridden with ``--config.<field>=value``; an unknown field is an error.
 Re-running the same command with the same ``--workdir`` resumes from the latest checkpoint.
+
+``config.task`` selects the trainer (default: the contrastive-regression trainer
+``contrastive_jax.train.train_and_evaluate``); see :data:`TASKS`.
 """
 
+import importlib
 import logging as std_logging
 import sys
 
@@ -27,6 +31,31 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit set-up).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (explicit set-up).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# ``config.task`` -> "module:function" of its trainer, ``trainer(config, workdir) -> results dict``;
+# imported only when selected.
+TASKS = {
+    "regression": "contrastive_jax.train.loop:train_and_evaluate",
+    "jigsaw": "contrastive_jax.train.pretext:train_pretext",
+    "cowpro": "contrastive_jax.train.cowpro:train_cowpro",
+}
+
+
+def _trainer(task: str):
+  if task not in TASKS:
+    raise ValueError(f"Unknown `task`={task!r}; expected one of {sorted(TASKS)}.")
+  module, _, name = TASKS[task].partition(":")
+  return getattr(importlib.import_module(module), name)
+
+
+def _summary(results: dict) -> str:
+  """One line for the console: the test metrics of a regression run, else the results' scalars."""
+  test = results.get("test")
+  if isinstance(test, dict) and {"mae", "rmse", "r2", "pearson"} <= set(test):
+    return (f"{results['method']} on {results['dataset']}: test MAE {test['mae']:.4f}, "
+            f"RMSE {test['rmse']:.4f}, R2 {test['r2']:.4f}, Pearson {test['pearson']:.4f}")
+  scalars = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
+  return f"{results.get('task', 'run')} finished: " + ", ".join(f"{k}={v}" for k, v in scalars.items())
 
 
 def _initialize_distributed() -> None:
@@ -60,20 +89,18 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _configure_logging()
   _initialize_distributed()
-  # Imported here so that `--help` and flag errors do not pay for importing JAX.
-  from contrastive_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   std_logging.getLogger("contrastive_jax").info("Config:\n%s", config)
   try:
-    results = train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, FloatingPointError) as e:
+    # Imported here so that `--help` and flag errors do not pay for importing JAX.
+    train = _trainer(config.get("task", "regression"))
+    results = train(config, _WORKDIR.value)
+  except (ValueError, FloatingPointError, FileNotFoundError) as e:  # bad input: one clear line
     logging.error("%s", e)
     sys.exit(f"error: {e}")
-  if results.get("status") != "stopped":
-    test = results["test"]
-    print(f"{results['method']} on {results['dataset']}: test MAE {test['mae']:.4f}, "
-          f"RMSE {test['rmse']:.4f}, R2 {test['r2']:.4f}, Pearson {test['pearson']:.4f} "
-          f"(results in {_WORKDIR.value}/results.json)", flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  if results.get("status") != "stopped" and jax.process_index() == 0:  # Process 0 reports.
+    print(f"{_summary(results)} (results in {_WORKDIR.value}/results.json)", flush=True)
 
 
 if __name__ == "__main__":

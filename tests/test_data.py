@@ -259,6 +259,21 @@ def test_eval_batches_process_slices(process_count):
   assert total == 45
 
 
+def test_pipeline_lazy_uint8_split_matches_float_split():
+  """A lazy uint8 split batches like the float32 split of the same images scaled by 1/255."""
+  pixels = np.random.default_rng(0).integers(0, 256, (21, 4, 4, 1)).astype(np.uint8)
+  y = np.arange(21, dtype=np.float32)
+  lazy = data.LazyArray(lambda i: pixels[i], 21, (4, 4, 1), np.uint8)
+  as_float = data.Split(x=pixels.astype(np.float32) / np.float32(255), y=y)
+  as_lazy = data.Split(x=lazy, y=y)
+  for step in (0, 5):
+    chex.assert_trees_all_equal(data.train_batch(as_lazy, 8, seed=1, step=step),
+                                data.train_batch(as_float, 8, seed=1, step=step))
+  for a, b in zip(data.eval_batches(as_lazy, 8, process_index=1, process_count=2),
+                  data.eval_batches(as_float, 8, process_index=1, process_count=2)):
+    chex.assert_trees_all_equal(a, b)
+
+
 def test_eval_batches_errors_are_eager():
   split = _id_split(n=10)
   with pytest.raises(ValueError, match='global_batch_size'):

@@ -19,6 +19,14 @@ Usage::
     ds = load_dataset('digits_angle', seed=0)      # ds.train.x: float32 [2514, 16, 16, 1] in [0, 1]
     ds = load_dataset('diabetes', seed=0)          # ds.train.x: float32 [310, 10], standardised
 
+Every other name of ``contrastive_jax.data.sources.SOURCES`` (``tfds``, ``csv_images``,
+``dir_benchmark``, ``fashion_mnist``, ``echonet``, ``mrnet``, ``chaos``) is loaded by that source;
+their ``x`` is typically a lazy uint8 array (``sources.base.LazyArray``) decoded when indexed::
+
+    ds = load_dataset('csv_images', csv_path='bmd.csv', fold=0, image_size=128)  # AdaCon 4-fold CV
+    ds = load_dataset('dir_benchmark', root='data', dataset='agedb', split_mode='natural')
+    ds = load_dataset('fashion_mnist')             # uint8 [50000, 28, 28, 1], y = rotation angle
+
 Learnability of ``digits_angle`` (defaults): ridge regression (alpha=1) on the flattened pixels
 reaches a test MAE of 3.8 / 3.5 / 3.4 degrees for seeds 0 / 1 / 2, against 22.7 / 22.1 / 21.4
 degrees for predicting the training mean.
@@ -27,7 +35,7 @@ degrees for predicting the training mean.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,10 +52,14 @@ class Split:
   """One split of a dataset.
 
   Attributes:
-    x: float32 inputs; images ``[N, H, W, C]`` with values in [0, 1], tabular ``[N, F]``.
+    x: inputs, a numpy array or a lazy array-like (``sources.base.LazyArray``: ``.shape``,
+      ``.dtype``, ``len()``, indexing by int / slice / int array decodes those rows only). Bundled
+      data: float32 images ``[N, H, W, C]`` in [0, 1] or tabular ``[N, F]``; file sources: uint8
+      images ``[N, H, W, C]``, videos ``[N, T, H, W, C]``, volumes ``[N, S, H, W, C]``
+      (``pipeline`` scales uint8 to [0, 1] float32).
     y: float32 ``[N]``, the regression target in its natural unit (degrees, disease progression).
   """
-  x: np.ndarray
+  x: Any
   y: np.ndarray
 
   def __len__(self) -> int:
@@ -59,8 +71,9 @@ class Dataset:
   """A named dataset with train / val / test splits.
 
   Attributes:
-    name: one of ``DATASETS``.
-    kind: ``'image'`` or ``'tabular'`` (selects the augmentation, see ``augment.get_augment_fn``).
+    name: one of ``DATASETS`` or a name chosen by a file source.
+    kind: ``'image'``, ``'tabular'``, ``'video'`` or ``'volume'`` (selects the augmentation, see
+      ``augment.get_augment_fn``).
     train, val, test: the three disjoint splits.
   """
   name: str
@@ -163,7 +176,7 @@ def _validate(ds: Dataset) -> Dataset:
     split = getattr(ds, split_name)
     if len(split.y) == 0:
       raise ValueError(f'Dataset {ds.name!r}: the {split_name} split is empty.')
-    if split.x.shape[0] != split.y.shape[0]:
+    if len(split.x) != split.y.shape[0]:
       raise ValueError(f'Dataset {ds.name!r}: {split_name} split has {split.x.shape[0]} inputs but '
                        f'{split.y.shape[0]} labels.')
     bad = int(np.count_nonzero(~np.isfinite(split.y)))
@@ -173,10 +186,11 @@ def _validate(ds: Dataset) -> Dataset:
 
 
 def load_dataset(name: str, seed: int = 0, **kwargs) -> Dataset:
-  """Loads a bundled dataset (no network).
+  """Loads a bundled dataset (no network) or a file-based source by name.
 
   Args:
-    name: one of ``DATASETS``.
+    name: one of ``DATASETS`` or of ``contrastive_jax.data.sources.SOURCES`` (then ``kwargs`` go
+      to that source's loader, e.g. ``csv_path=..., fold=0`` for ``csv_images``).
     seed: selects the train/val/test partition (and, for ``digits_angle``, the rotation angles).
     **kwargs: dataset options. ``digits_angle``: ``max_angle=45.0`` (degrees), ``upsample=2``
       (zoom factor applied to the 8x8 digit before rotating; output images are ``8 * upsample``
@@ -184,12 +198,19 @@ def load_dataset(name: str, seed: int = 0, **kwargs) -> Dataset:
       none.
 
   Returns:
-    A validated ``Dataset`` with float32 arrays.
+    A validated ``Dataset``: float32 arrays for the bundled data, a source's arrays (often lazy
+    uint8) otherwise.
 
   Raises:
-    ValueError: unknown ``name``, bad option values, non-finite labels or an empty split.
+    ValueError: unknown ``name`` (lists the known ones), bad option values, non-finite labels, an
+      empty split, corrupt data files (named).
+    FileNotFoundError: a source's data file is missing (named).
     TypeError: an option the dataset does not take.
   """
-  if name not in _LOADERS:
-    raise ValueError(f'Unknown dataset name {name!r}; available: {", ".join(DATASETS)}.')
-  return _validate(_LOADERS[name](seed, **kwargs))
+  from contrastive_jax.data import sources  # pylint: disable=g-import-not-at-top  # Lazy: no cycle.
+  if name in _LOADERS:
+    return _validate(_LOADERS[name](seed, **kwargs))
+  if name in sources.SOURCES:
+    return _validate(sources.load_source(name, seed=seed, **kwargs))
+  raise ValueError(f'Unknown dataset name {name!r}; available: '
+                   f'{", ".join(DATASETS + tuple(sources.SOURCES))}.')

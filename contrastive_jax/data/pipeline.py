@@ -12,6 +12,11 @@ concatenating the slices in process order gives the single-process global batch.
 
 ``eval_batches`` walks a split in order and pads the last batch (``'mask'`` marks real rows), so
 every batch has the same shape and a jit-compiled eval step compiles once.
+
+Both index ``split.x`` with the rows of the (local) batch only, so a lazy ``split.x``
+(``sources.base.LazyArray``) decodes just those files, on this process only. ``'x'`` is float32:
+uint8 inputs (the images / videos / volumes of the file sources) are scaled to [0, 1] by ``1/255``;
+float inputs (the bundled datasets) pass unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from contrastive_jax.data.demo import Split
+from contrastive_jax.data.sources import base
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -31,16 +37,23 @@ def _check_positive_int(name: str, value) -> int:
 
 def _local_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
   """The rows of a global batch that belong to ``process_index``."""
-  process_count = _check_positive_int('process_count', process_count)
-  if isinstance(process_index, bool) or int(process_index) != process_index or not (
-      0 <= process_index < process_count):
-    raise ValueError(f'process_index must be an integer in [0, process_count={process_count}), '
-                     f'got {process_index!r}.')
+  process_index, process_count = base.check_process(process_index, process_count)
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} must be divisible by '
                      f'process_count={process_count}.')
   local = global_batch_size // process_count
   return slice(int(process_index) * local, (int(process_index) + 1) * local)
+
+
+def take_rows(x, idx: np.ndarray) -> np.ndarray:
+  """float32 rows ``idx`` of ``x`` (numpy or lazy array); uint8 is scaled to [0, 1] by 1/255.
+
+  Only the rows in ``idx`` are read (decoded), in the order given; repeats are allowed.
+  """
+  rows = np.asarray(x[np.asarray(idx, np.int64)])
+  if rows.dtype == np.uint8:
+    return rows.astype(np.float32) / np.float32(255.0)
+  return rows.astype(np.float32, copy=False)
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -87,7 +100,7 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
   epoch, within = divmod(int(step), spe)
   perm = np.random.default_rng([int(seed), epoch]).permutation(num)
   idx = perm[within * global_batch_size:(within + 1) * global_batch_size][local]
-  batch = {'x': np.asarray(split.x[idx], np.float32), 'y': np.asarray(split.y[idx], np.float32)}
+  batch = {'x': take_rows(split.x, idx), 'y': np.asarray(split.y[idx], np.float32)}
   if cdf_fn is not None:
     cdf = np.asarray(cdf_fn(batch['y']), np.float32)
     if cdf.shape != batch['y'].shape:
@@ -107,7 +120,8 @@ def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0
   checked when ``eval_batches`` is called, not when the iterator is first advanced.
 
   Yields:
-    ``{'x': float32 [b, ...], 'y': float32 [b], 'mask': float32 [b]}``,
+    ``{'x': float32 [b, ...], 'y': float32 [b], 'mask': float32 [b]}`` (uint8 ``x`` scaled by
+    1/255; only the batch's rows of ``split.x`` are read),
     ``b = global_batch_size // process_count``.
   """
   global_batch_size = _check_positive_int('global_batch_size', global_batch_size)
@@ -115,7 +129,6 @@ def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0
   num = len(split.y)
   if num == 0:
     raise ValueError('split is empty: nothing to evaluate.')
-  x = np.asarray(split.x, np.float32)
   y = np.asarray(split.y, np.float32)
 
   def generate() -> Iterator[dict[str, np.ndarray]]:
@@ -123,6 +136,6 @@ def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0
       idx = np.arange(start, start + global_batch_size)
       real = idx < num
       idx = np.where(real, idx, 0)[local]
-      yield {'x': x[idx], 'y': y[idx], 'mask': real[local].astype(np.float32)}
+      yield {'x': take_rows(split.x, idx), 'y': y[idx], 'mask': real[local].astype(np.float32)}
 
   return generate()

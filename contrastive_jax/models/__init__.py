@@ -1,24 +1,47 @@
-"""Flax linen encoders and heads, chosen by name through ``ENCODERS``/``build_model``."""
+"""Flax linen encoders and heads, chosen by name through ``ENCODERS``/``build_model``.
+
+Pretrained torchvision / timm weights load with ``models.torch_weights`` (``load_torch_state_dict``,
+``convert_resnet``, ``convert_efficientnet``, ``convert_r2plus1d``).
+"""
+
+from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 
+from contrastive_jax.models import torch_weights
 from contrastive_jax.models.cnn import SmallCNN
+from contrastive_jax.models.efficientnet import EfficientNet
+from contrastive_jax.models.efficientnet import EfficientNetB0
+from contrastive_jax.models.efficientnet import EfficientNetB1
 from contrastive_jax.models.heads import l2_normalize
 from contrastive_jax.models.heads import LinearHead
 from contrastive_jax.models.heads import ProjectionHead
 from contrastive_jax.models.mlp import MLPEncoder
 from contrastive_jax.models.net import ContrastiveRegressor
+from contrastive_jax.models.r2plus1d import R2Plus1D
+from contrastive_jax.models.r2plus1d import R2Plus1D18
 from contrastive_jax.models.resnet import BasicBlock
+from contrastive_jax.models.resnet import Bottleneck
 from contrastive_jax.models.resnet import ResNet
+from contrastive_jax.models.resnet import ResNet101
 from contrastive_jax.models.resnet import ResNet18
+from contrastive_jax.models.resnet import ResNet34
+from contrastive_jax.models.resnet import ResNet50
 
+# Every encoder takes ``bn_axis_name`` and ``dtype`` and is called as ``encoder(x, train=...)``.
 ENCODERS = {
     'mlp': MLPEncoder,
     'small_cnn': SmallCNN,
     'resnet18': ResNet18,
+    'resnet34': ResNet34,
+    'resnet50': ResNet50,
+    'resnet101': ResNet101,
+    'efficientnet_b0': EfficientNetB0,
+    'efficientnet_b1': EfficientNetB1,
+    'r2plus1d_18': R2Plus1D18,
 }
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -78,7 +101,8 @@ def build_model(model_config: Any,
 
 
 __all__ = [
-    'BasicBlock', 'ContrastiveRegressor', 'ENCODERS', 'LinearHead',
-    'MLPEncoder', 'ProjectionHead', 'ResNet', 'ResNet18', 'SmallCNN',
-    'build_model', 'l2_normalize',
+    'BasicBlock', 'Bottleneck', 'ContrastiveRegressor', 'ENCODERS', 'EfficientNet',
+    'EfficientNetB0', 'EfficientNetB1', 'LinearHead', 'MLPEncoder', 'ProjectionHead',
+    'R2Plus1D', 'R2Plus1D18', 'ResNet', 'ResNet101', 'ResNet18', 'ResNet34', 'ResNet50',
+    'SmallCNN', 'build_model', 'l2_normalize', 'torch_weights',
 ]

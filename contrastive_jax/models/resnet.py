@@ -1,11 +1,26 @@
-"""ResNet encoders with a CIFAR (3x3, no max-pool) or ImageNet (7x7 + max-pool) stem.
+"""ResNet-18/34/50/101 encoders (He et al., CVPR 2016) in torchvision's layout.
 
-Follows google/flax ``examples/imagenet/models.py``; the classifier is left out,
-so the model returns the globally average-pooled features.
+The layout is torchvision's ``resnet*`` ("v1.5": a Bottleneck strides on its 3x3 conv, not on the
+first 1x1), so that torchvision / timm checkpoints convert one-to-one (``models.torch_weights``):
+
+* stems: 'imagenet' (7x7/2 conv, 3x3/2 max-pool) or 'cifar' (3x3/1 conv, no max-pool);
+* every padding is torch's explicit, symmetric one (``k // 2 * dilation`` on each side): Flax's
+  'SAME' pads (0, 1) instead of (1, 1) for a stride-2 conv on an even input and would shift every
+  feature map;
+* BatchNorm eps 1e-5; momentum 0.9 here is torch's ``momentum=0.1`` (Flax keeps
+  ``0.9 * running + 0.1 * batch``);
+* ``replace_stride_with_dilation`` as in torchvision: the dilated ResNet-101 of CoWPro (thesis
+  Sec. 7.4.1.2, torchvision's DeepLab-v3 backbone, output stride 8: 256x256 -> 32x32) is
+  ``ResNet101(replace_stride_with_dilation=(False, True, True), global_pool=False)``.
+
+The classifier is left out unless ``num_classes`` is set, so the model returns the globally
+average-pooled features [N, C] (or the last feature map with ``global_pool=False``).
 """
 
+from __future__ import annotations
+
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -15,32 +30,94 @@ ModuleDef = Any
 STEMS = ('cifar', 'imagenet')
 
 
+def _pad(kernel: int, dilation: int = 1) -> list[tuple[int, int]]:
+  """torch's symmetric ``padding = dilation * (kernel - 1) // 2`` on both spatial axes."""
+  p = dilation * (kernel - 1) // 2
+  return [(p, p), (p, p)]
+
+
 class BasicBlock(nn.Module):
-  """Two 3x3 convs with a residual connection (ResNet-18/34 block)."""
+  """Two 3x3 convs with a residual connection (ResNet-18/34 block).
+
+  Attributes:
+    filters: output channels.
+    conv: ``nn.Conv`` partial (no bias).
+    norm: ``nn.BatchNorm`` partial.
+    act: activation.
+    strides: stride of the first 3x3 conv and of the projection shortcut.
+    dilation: dilation of the second 3x3 conv (``first_dilation`` of the first one).
+    first_dilation: dilation of the first 3x3 conv (torchvision's ``previous_dilation`` for the
+      first block of a dilated stage); ``None`` means ``dilation``.
+    zero_init_residual: start the last BatchNorm at zero scale (Goyal et al. 2017).
+  """
+  expansion: ClassVar[int] = 1
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   act: Callable = nn.relu
   strides: tuple[int, int] = (1, 1)
+  dilation: int = 1
+  first_dilation: int | None = None
+  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x):
+    d1 = self.first_dilation or self.dilation
     residual = x
-    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = self.conv(self.filters, (3, 3), self.strides, padding=_pad(3, d1),
+                  kernel_dilation=(d1, d1))(x)
     y = self.norm()(y)
     y = self.act(y)
-    y = self.conv(self.filters, (3, 3))(y)
-    # Zero-initialised scale: each block starts as the identity (Goyal et al. 2017).
-    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    y = self.conv(self.filters, (3, 3), padding=_pad(3, self.dilation),
+                  kernel_dilation=(self.dilation, self.dilation))(y)
+    y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), self.strides,
+      residual = self.conv(self.filters, (1, 1), self.strides, padding='VALID',
                            name='conv_proj')(residual)
       residual = self.norm(name='norm_proj')(residual)
     return self.act(residual + y)
 
 
+class Bottleneck(nn.Module):
+  """1x1 reduce -> 3x3 (strided, dilated) -> 1x1 expand (x4), residual (ResNet-50/101 block).
+
+  Attributes: as ``BasicBlock``; ``filters`` is the width of the 3x3 conv, the block outputs
+  ``4 * filters`` channels.
+  """
+  expansion: ClassVar[int] = 4
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  strides: tuple[int, int] = (1, 1)
+  dilation: int = 1
+  first_dilation: int | None = None
+  zero_init_residual: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    d = self.first_dilation or self.dilation
+    residual = x
+    y = self.conv(self.filters, (1, 1), padding='VALID')(x)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters, (3, 3), self.strides, padding=_pad(3, d),
+                  kernel_dilation=(d, d))(y)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters * 4, (1, 1), padding='VALID')(y)
+    y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), self.strides,
+                           padding='VALID', name='conv_proj')(residual)
+      residual = self.norm(name='norm_proj')(residual)
+    return self.act(residual + y)
+
+
+def _last_scale_init(zero: bool):
+  return nn.initializers.zeros_init() if zero else nn.initializers.ones_init()
+
+
 class ResNet(nn.Module):
-  """ResNet backbone returning [N, num_filters * 2**(len(stage_sizes) - 1)] features.
+  """ResNet backbone: pooled features [N, num_filters * 2**(len(stage_sizes)-1) * expansion].
 
   Attributes:
     stage_sizes: number of blocks in each stage, e.g. (2, 2, 2, 2) for ResNet-18.
@@ -49,6 +126,19 @@ class ResNet(nn.Module):
       (7x7 conv stride 2, then 3x3 max-pool stride 2).
     bn_axis_name: mesh/pmap axis over which BatchNorm statistics are averaged.
     dtype: computation dtype (parameters stay float32).
+    block_cls: ``BasicBlock`` (ResNet-18/34) or ``Bottleneck`` (ResNet-50/101).
+    act: activation.
+    replace_stride_with_dilation: one flag per stage after the first (torchvision's argument): the
+      stage keeps stride 1 and dilates its 3x3 convs instead, so the output stride drops from 32
+      to 16 or 8.
+    global_pool: return the global average pool [N, C] (True) or the last feature map
+      [N, H', W', C] (False; dense tasks such as CoWPro).
+    num_classes: if set, a Dense classifier ``fc`` on the pooled features (torchvision's ``fc``);
+      the model then returns logits.
+    zero_init_residual: last BatchNorm of each block starts at zero scale (torchvision's
+      ``zero_init_residual``; on by default here).
+    bn_momentum: Flax momentum of the running statistics (0.9 = torch's 0.1).
+    bn_epsilon: BatchNorm epsilon (torchvision: 1e-5).
   """
   stage_sizes: Sequence[int]
   num_filters: int = 64
@@ -57,33 +147,86 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   block_cls: ModuleDef = BasicBlock
   act: Callable = nn.relu
+  replace_stride_with_dilation: Sequence[bool] | None = None
+  global_pool: bool = True
+  num_classes: int | None = None
+  zero_init_residual: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  def _dilation_flags(self) -> tuple[bool, ...]:
+    n_later = len(self.stage_sizes) - 1
+    flags = self.replace_stride_with_dilation
+    if flags is None:
+      return (False,) * n_later
+    flags = tuple(flags)
+    if len(flags) != n_later or not all(isinstance(f, bool) for f in flags):
+      raise ValueError(
+          f'replace_stride_with_dilation={self.replace_stride_with_dilation!r}: expected None or '
+          f'{n_later} booleans (one per stage after the first).')
+    return flags
 
   @nn.compact
   def __call__(self, x, train: bool):
-    """Maps NHWC images [N, H, W, C] to pooled features."""
+    """Maps NHWC images [N, H, W, C] to pooled features (or logits / a feature map)."""
     if self.stem not in STEMS:
       raise ValueError(f'Unknown ResNet stem={self.stem!r}; expected one of {STEMS}.')
+    if x.ndim != 4:
+      raise ValueError(f'ResNet expects NHWC images [N, H, W, C]; got x.shape={x.shape}.')
+    flags = self._dilation_flags()
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        epsilon=1e-5, axis_name=self.bn_axis_name, dtype=self.dtype)
+        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype)
 
     x = x.astype(self.dtype)
     if self.stem == 'cifar':
-      x = conv(self.num_filters, (3, 3), name='conv_init')(x)
+      x = conv(self.num_filters, (3, 3), padding=_pad(3), name='conv_init')(x)
     else:
-      x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-               name='conv_init')(x)
+      x = conv(self.num_filters, (7, 7), (2, 2), padding=_pad(7), name='conv_init')(x)
     x = norm(name='bn_init')(x)
     x = self.act(x)
     if self.stem == 'imagenet':
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+      # torch MaxPool2d(3, 2, padding=1): the padding never wins the max (-inf in reduce_window).
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+    dilation = 1
     for i, block_size in enumerate(self.stage_sizes):
+      stride = 1 if i == 0 else 2
+      previous_dilation = dilation
+      if i > 0 and flags[i - 1]:
+        dilation *= stride
+        stride = 1
       for j in range(block_size):
-        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = self.block_cls(self.num_filters * 2**i, strides=strides,
-                           conv=conv, norm=norm, act=self.act)(x)
-    return jnp.mean(x, axis=(1, 2))
+        x = self.block_cls(
+            self.num_filters * 2**i, strides=(stride, stride) if j == 0 else (1, 1),
+            dilation=dilation, first_dilation=previous_dilation if j == 0 else dilation,
+            conv=conv, norm=norm, act=self.act,
+            zero_init_residual=self.zero_init_residual)(x)
+    if not self.global_pool:
+      if self.num_classes is not None:
+        raise ValueError('num_classes needs global_pool=True (the classifier acts on pooled '
+                         'features).')
+      return x
+    x = jnp.mean(x, axis=(1, 2))
+    if self.num_classes is not None:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+    return x
 
 
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
+
+
+def dilated_resnet101_features(**kwargs: Any) -> ResNet:
+  """CoWPro's encoder (thesis Sec. 7.4.1.2): torchvision's DeepLab-v3 ResNet-101 backbone.
+
+  ImageNet stem, last two stages dilated instead of strided (output stride 8: 256x256 ->
+  32x32x2048), returning the last feature map. ``kwargs`` override any ``ResNet`` attribute
+  (``bn_axis_name``, ``dtype``, ...).
+  """
+  config = dict(stem='imagenet', replace_stride_with_dilation=(False, True, True),
+                global_pool=False)
+  config.update(kwargs)
+  return ResNet101(**config)

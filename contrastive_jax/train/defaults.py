@@ -25,7 +25,12 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.data.kwargs = ml_collections.ConfigDict()
   c.data.views = 2                 # augmented views per sample (AdaCon's "batch augmentation": 8)
   c.data.normalize_targets = True  # regress (y - mean) / std of the training labels
-  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment = ml_collections.ConfigDict()  # options of the augmentation pipeline
+  # Augmentation pipeline by name (``data.augment.get_augment_fn``: 'image', 'tabular', 'simclr',
+  # 'regression', 'bmd', 'echonet'); None: the dataset's kind ('image' / 'tabular' / 'video' ->
+  # 'echonet').
+  c.data.augment_kind = placeholder(str)
+  c.data.root = placeholder(str)   # data folder of a file source, passed as `root=` when set
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder_kwargs = ml_collections.ConfigDict()
@@ -81,6 +86,18 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
     c.num_train_steps = 600
     c.optim.lr = 0.01
 
+  c.eval = ml_collections.ConfigDict()
+  # 'regression': MAE / RMSE / R2 / Pearson of the head or a probe (`eval_with`), best = lowest val
+  # MAE; 'knn_top1': class-labelled self-supervised runs, weighted kNN top-1 (InstDisc, k = knn_k,
+  # T = knn_temperature) on frozen embeddings of train vs val/test plus linear-probe accuracy, best =
+  # highest val kNN top-1.
+  c.eval.protocol = "regression"
+  c.eval.knn_k = 200               # InstDisc / thesis kNN: k = 200
+  c.eval.knn_temperature = 0.1     # the thesis code's T = 0.1 (InstDisc: 0.07)
+  c.eval.linear_probe_steps = 500  # full-batch SGD steps of the linear probe (knn_top1 protocol)
+  c.eval.linear_probe_lr = 0.1
+  c.eval.clip_mode = "first"       # videos: evaluation clip, 'first' or 'center' (AdaCon Sec. IV-B)
+
   c.eval_batch_size = 256
   c.eval_with = "head"             # 'head' | 'knn' | 'ridge' (probes of frozen embeddings, for SSL)
   c.knn_k = 20
@@ -106,4 +123,78 @@ def self_supervised(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   config.loss.gamma_reg = 0.0
   config.loss.gamma_con = 1.0
   config.eval_with = "knn"
+  return config
+
+
+# Training-split sizes of the DIR benchmark (Yang et al. 2021; ACCon "Datasets"), for epoch counts.
+DIR_TRAIN_SIZES = {"agedb": 12208, "imdb_wiki": 191500}
+
+
+def dir_benchmark(config: ml_collections.ConfigDict, dataset: str,
+                  split_mode: str = "natural") -> ml_collections.ConfigDict:
+  """Points ``config`` at AgeDB-DIR / IMDB-WIKI-DIR (``data.root``: the folder holding
+  ``agedb.csv`` / ``imdb_wiki.csv`` and the images) with the DIR benchmark's recipe (Yang et al.,
+  ICML 2021, whose code ACCon, RankSim and ConR build on): ResNet-50 on 224 x 224 faces, random
+  crop (padding 16) + horizontal flip, Adam (lr 1e-3, weight decay 1e-4), batch 256, 90 epochs with
+  the rate x0.1 at epochs 60 and 80, L1 loss. ``split_mode``: 'natural' (ACCon Table 1) or
+  'balanced' (the benchmark's own split, ACCon Table 2).
+  """
+  if dataset not in DIR_TRAIN_SIZES:
+    raise ValueError(f"dataset must be one of {sorted(DIR_TRAIN_SIZES)}, got {dataset!r}.")
+  config.data.name = "dir_benchmark"
+  config.data.kwargs = ml_collections.ConfigDict(dict(dataset=dataset, split_mode=split_mode,
+                                                      image_size=224, workers=8))
+  config.data.augment_kind = "bmd"  # flip + frame shift: RandomCrop(224, padding=16) + HFlip
+  config.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, degrees=0.0,
+                                                       translate=16 / 224))
+  config.model.encoder = "resnet50"
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(stem="imagenet"))
+  config.loss.reg = "l1"
+  config.batch_size = 256
+  config.optim.name = "adam"
+  config.optim.lr = 1e-3
+  config.optim.weight_decay = 1e-4
+  config.optim.schedule = "step"
+  config.optim.decay_boundaries = (60 / 90, 80 / 90)
+  config.optim.decay_factor = 0.1
+  config.optim.warmup_steps = 0
+  steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
+  config.num_train_steps = 90 * steps_per_epoch
+  config.eval_batch_size = 256
+  config.log_every = 50
+  config.eval_every = steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+  return config
+
+
+def rnc_agedb_recipe(config: ml_collections.ConfigDict,
+                     dataset: str = "agedb") -> ml_collections.ConfigDict:
+  """Rank-N-Contrast's AgeDB-DIR run (Zha et al. 2023; official kaiwenzha/Rank-N-Contrast
+  ``main_rnc.py`` defaults), also the pipeline of SupReMix's official code: :func:`dir_benchmark`
+  data with ResNet-18, SimCLR-style views, SGD lr 0.5 / batch 256 / 400 epochs (cosine), and the
+  two-stage protocol (contrastive loss alone, then a linear regressor on frozen features).
+  """
+  dir_benchmark(config, dataset, split_mode="balanced")  # AgeDB-DIR, the benchmark's split
+  config.model.encoder = "resnet18"             # official `--model resnet18` (torchvision)
+  # TwoCropTransform of RandomResizedCrop(224, scale=(0.2, 1)), HFlip, ColorJitter(0.4, 0.4, 0.4,
+  # 0.1) p = 0.8, RandomGrayscale p = 0.2: SimCLR's recipe without blur.
+  config.data.augment_kind = "simclr"
+  config.data.augment = ml_collections.ConfigDict(dict(scale=(0.2, 1.0), blur_prob=0.0))
+  config.data.views = 2
+  config.batch_size = 256                       # `--batch_size 256`
+  config.optim.name = "sgd"                     # SGD, `--learning_rate 0.5`, momentum 0.9,
+  config.optim.lr = 0.5                         # weight decay 1e-4, cosine schedule
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 1e-4
+  config.optim.schedule = "cosine"
+  config.optim.warmup_steps = 0
+  steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
+  config.num_train_steps = 400 * steps_per_epoch  # `--epochs 400`
+  config.eval_every = 10 * steps_per_epoch
+  config.checkpoint_every = 10 * steps_per_epoch
+  # Two stages: the encoder by the contrastive loss alone, then a linear regressor on frozen
+  # features (Sec. 3 / official `main_linear.py`), here the ridge probe.
+  config.loss.gamma_reg = 0.0
+  config.loss.gamma_con = 1.0
+  config.eval_with = "ridge"
   return config

@@ -1,7 +1,8 @@
 """The training loop: data, model, state, data-parallel steps, evaluation, checkpoints, results.
 
 ``train_and_evaluate(config, workdir)`` trains ``config.num_train_steps`` steps, evaluates on the
-validation split every ``eval_every`` steps (keeping the best state by validation MAE), checkpoints the
+validation split every ``eval_every`` steps (keeping the best state by the validation metric of
+``config.eval.protocol``: MAE for 'regression', kNN top-1 for 'knn_top1'), checkpoints the
 latest state every ``checkpoint_every`` steps, and finally evaluates the best state on the test split
 and writes ``workdir/results.json``. Calling it again with the same ``workdir`` resumes from the latest
 checkpoint and ends with exactly the same results as an uninterrupted run.
@@ -9,12 +10,14 @@ checkpoint and ends with exactly the same results as an uninterrupted run.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import os
 import signal
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import ml_collections
@@ -26,13 +29,20 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import data as data_lib
 from contrastive_jax import models
+from contrastive_jax.data import video as video_lib
+from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
+from contrastive_jax.evaluate.knn import knn_top1
+from contrastive_jax.evaluate.linear_probe import linear_probe_accuracy
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
 from contrastive_jax.losses import fit_ecdf
+from contrastive_jax.losses import get_contrastive_loss
 from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.defaults import base_config
+from contrastive_jax.train.defaults import DATASET_VARIANTS
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
@@ -94,8 +104,13 @@ def make_mesh() -> Mesh:
 
 
 def _identity(config) -> dict:
-  """The config fields that determine a run's result, as their JSON form (tuples become lists)."""
+  """The config fields that determine a run's result, as their JSON form (tuples become lists).
+
+  ``data.root`` is left out too: the same data staged at another path may resume a run.
+  """
   cfg = json.loads(json.dumps(config.to_dict()))
+  if isinstance(cfg.get("data"), dict):
+    cfg["data"].pop("root", None)
   return {k: v for k, v in cfg.items() if k not in RUN_CONTROL_FIELDS}
 
 
@@ -128,57 +143,255 @@ def split_outputs(predict, state, split, batch_size: int, mesh: Mesh) -> np.ndar
   return np.concatenate(outputs)[np.concatenate(masks) > 0]
 
 
-class Evaluator:
-  """Validation/test metrics of a state, by the regression head or a probe of frozen embeddings.
+PROTOCOLS = ("regression", "knn_top1")
+# Augmentation pipeline of each dataset kind when `data.augment_kind` is not set.
+DEFAULT_AUGMENT = {"image": "image", "tabular": "tabular", "video": "echonet"}
 
-  ``eval_with``: 'head' (the model's regression branch), 'knn' (kNN regression on the embeddings of
-  the training split) or 'ridge' (ridge linear probe on them) — the latter two for self-supervised
-  pretraining, where the regression branch is not trained.
+
+def video_eval_preprocess(config) -> Optional[Callable]:
+  """The deterministic evaluation clip of a video batch ``[b, T, H, W, C]`` (AdaCon Sec. IV-B).
+
+  ``length`` frames (``data.augment.length``, 32 by default) taken consecutively from the stored
+  frames (the source already kept every ``period``-th raw frame) starting at the first frame or at
+  the centre (``eval.clip_mode``); a split that already holds clips of that length (EchoNet's val /
+  test: the first clip) passes unchanged.
+  """
+  length = int(config.data.augment.get("length", 32))
+  mode = config.eval.get("clip_mode", "first")
+  if mode not in ("first", "center"):
+    raise ValueError(f"`eval.clip_mode`={mode!r}; expected 'first' or 'center'.")
+
+  def preprocess(x):
+    if x.shape[1] == length:
+      return x
+    clip = lambda v: video_lib.sample_clip(jax.random.PRNGKey(0), v, length, 1, mode)
+    return jax.vmap(clip)(x)
+
+  return preprocess
+
+
+class Evaluator:
+  """Validation/test metrics of a state, by the protocol ``config.eval.protocol``.
+
+  'regression' (default): regression metrics in the target's natural unit from ``eval_with``:
+  'head' (the model's regression branch), 'knn' (kNN regression on the embeddings of the training
+  split) or 'ridge' (ridge linear probe on them) -- the latter two for self-supervised pretraining,
+  where the regression branch is not trained. The validation metric is MAE (lower is better).
+
+  'knn_top1': class-labelled self-supervised runs (labels are class ids): weighted kNN top-1
+  accuracy (InstDisc; ``eval.knn_k``, ``eval.knn_temperature``) of the frozen embeddings of the
+  split against those of the training split; the test evaluation adds the top-1 accuracy of a
+  linear probe fitted on the training embeddings (``evaluate.linear_probe``). The validation metric
+  is the kNN top-1 accuracy (higher is better).
   """
 
   MODES = ("head", "knn", "ridge")
 
-  def __init__(self, model, mesh, dataset, config, target_mean: float, target_std: float):
+  def __init__(self, model, mesh, dataset, config, target_mean: float, target_std: float,
+               preprocess: Optional[Callable] = None):
+    self.protocol = config.eval.get("protocol", "regression") if "eval" in config else "regression"
+    if self.protocol not in PROTOCOLS:
+      raise ValueError(f"Unknown `eval.protocol`={self.protocol!r}; expected one of {PROTOCOLS}.")
     self.mode = config.get("eval_with", "head")
     if self.mode not in self.MODES:
       raise ValueError(f"Unknown `eval_with`={self.mode!r}; expected one of {self.MODES}.")
+    if self.protocol == "knn_top1":
+      self.mode = "knn_top1"
+    self.metric, self.higher_is_better = (("knn_top1", True) if self.protocol == "knn_top1"
+                                          else ("mae", False))
     self.mesh, self.dataset = mesh, dataset
     self.batch_size = config.get("eval_batch_size") or config.batch_size
     self.mean, self.std = target_mean, target_std
     self.knn_k = int(config.get("knn_k", 20))
     self.ridge_alpha = float(config.get("ridge_alpha", 1.0))
-    self._predict = make_predict_step(model, mesh, "prediction")
-    self._embed = make_predict_step(model, mesh, "embedding")
+    eval_cfg = config.get("eval", ml_collections.ConfigDict())
+    self.top1_k = int(eval_cfg.get("knn_k", 200))
+    self.top1_temperature = float(eval_cfg.get("knn_temperature", 0.1))
+    self.probe_steps = int(eval_cfg.get("linear_probe_steps", 500))
+    self.probe_lr = float(eval_cfg.get("linear_probe_lr", 0.1))
+    self._predict = make_predict_step(model, mesh, "prediction", preprocess)
+    self._embed = make_predict_step(model, mesh, "embedding", preprocess)
 
-  def _probe(self, mode, state, split) -> np.ndarray:
+  def is_better(self, metrics: dict, best: Optional[dict]) -> bool:
+    """Whether ``metrics`` improves on ``best`` (None: nothing yet) by the protocol's metric."""
+    if best is None:
+      return True
+    new, old = metrics[self.metric], best[self.metric]
+    return new > old if self.higher_is_better else new < old
+
+  def predictions(self, state, split) -> np.ndarray:
+    """The regression head's predictions on ``split`` in the target's natural unit."""
+    pred = split_outputs(self._predict, state, split, self.batch_size, self.mesh)
+    return pred * self.std + self.mean
+
+  def _embeddings(self, state, split) -> tuple[np.ndarray, np.ndarray]:
     train = split_outputs(self._embed, state, self.dataset.train, self.batch_size, self.mesh)
     query = split_outputs(self._embed, state, split, self.batch_size, self.mesh)
-    if mode == "knn":
-      return knn_regression(train, self.dataset.train.y, query, k=self.knn_k)
-    return ridge_probe(train, self.dataset.train.y, query, alpha=self.ridge_alpha)
+    return train, query
 
-  def __call__(self, state, split, mode: Optional[str] = None) -> dict:
-    """Regression metrics on ``split`` in the target's natural unit."""
+  def _classification(self, state, split, with_probe: bool) -> dict:
+    train, query = self._embeddings(state, split)
+    k = min(self.top1_k, train.shape[0])
+    metrics = {"knn_top1": knn_top1(train, self.dataset.train.y, query, split.y, k=k,
+                                    temperature=self.top1_temperature)}
+    if with_probe:
+      metrics["linear_probe_top1"] = linear_probe_accuracy(
+          train, self.dataset.train.y, query, split.y, steps=self.probe_steps,
+          learning_rate=self.probe_lr)
+    return metrics
+
+  def __call__(self, state, split, mode: Optional[str] = None, final: bool = False) -> dict:
+    """The protocol's metrics on ``split``; ``final`` adds the test-time extras (linear probe)."""
     mode = mode or self.mode
+    if mode == "knn_top1":
+      return self._classification(state, split, with_probe=final)
     if mode == "head":
-      pred = split_outputs(self._predict, state, split, self.batch_size, self.mesh)
-      pred = pred * self.std + self.mean
+      pred = self.predictions(state, split)
     else:
-      pred = self._probe(mode, state, split)
+      train, query = self._embeddings(state, split)
+      if mode == "knn":
+        pred = knn_regression(train, self.dataset.train.y, query, k=self.knn_k)
+      else:
+        pred = ridge_probe(train, self.dataset.train.y, query, alpha=self.ridge_alpha)
     return regression_metrics(pred, split.y)
+
+  def describe(self, metrics: dict) -> str:
+    """A one-line summary of ``metrics`` for the log."""
+    if self.protocol == "knn_top1":
+      return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    return (f"MAE {metrics['mae']:.4f} RMSE {metrics['rmse']:.4f} R2 {metrics['r2']:.4f} "
+            f"Pearson {metrics['pearson']:.4f}")
+
+
+# Config sections whose keys are keyword arguments of a function (checked by that function, or for
+# ``loss.contrastive`` against the loss's signature), not fields of the schema in ``defaults.py``.
+FREE_FORM_SECTIONS = ("data.kwargs", "data.augment", "model.encoder_kwargs", "loss.reg_kwargs",
+                      "loss.contrastive")
+# Optional fields that ``base_config`` does not set but the trainer reads.
+OPTIONAL_FIELDS = ("task", "optim.nesterov")
+
+
+def _field_paths(tree: dict, prefix: str = "") -> list:
+  """Dotted paths of the leaves of a nested dict; free-form sections count as one leaf."""
+  paths = []
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict) and path not in FREE_FORM_SECTIONS:
+      paths += _field_paths(value, path + ".")
+    else:
+      paths.append(path)
+  return paths
+
+
+def check_config_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming every field that no part of the trainer reads (a typo in a config
+  file would otherwise be ignored silently), with the closest known field.
+
+  Known fields are those of ``defaults.base_config`` (for the config's data set), the
+  :data:`OPTIONAL_FIELDS`, and, inside ``loss.contrastive``, the keyword arguments of the selected
+  loss function.
+  """
+  variant = config.data.name if config.data.name in DATASET_VARIANTS else DATASET_VARIANTS[0]
+  known = set(_field_paths(base_config(variant).to_dict())) | set(OPTIONAL_FIELDS)
+  unknown = [p for p in _field_paths(config.to_dict()) if p not in known]
+  if config.method != "none":
+    fn = get_contrastive_loss(config.method)
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+      inputs = 1 + len(objectives.LOSS_INPUTS[config.method])  # features + batch-provided inputs
+      accepted = [name for name in list(params)[inputs:] if name != "axis_name"]
+      unknown += [f"loss.contrastive.{k}" for k in config.loss.contrastive.keys() if k not in accepted]
+      known |= {f"loss.contrastive.{k}" for k in accepted}
+  if unknown:
+    hints = []
+    for path in unknown:
+      close = difflib.get_close_matches(path, sorted(known), n=1, cutoff=0.6)
+      hints.append(f"{path}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ValueError("Unknown config field(s), read by nothing: " + ", ".join(hints) + ". Known "
+                     "fields are those of contrastive_jax/train/defaults.py (and, in "
+                     "loss.contrastive, the keyword arguments of the selected loss).")
+
+
+def check_dataset(dataset, batch_size: int) -> None:
+  """Fails early, naming the split, on data no run can train or be scored on.
+
+  Checked for every data source (the bundled ones validate too): every split non-empty with as many
+  inputs as labels and finite labels, and at least ``batch_size`` training examples (an epoch needs
+  one full batch).
+  """
+  for name in ("train", "val", "test"):
+    split = getattr(dataset, name)
+    y = np.asarray(split.y)
+    if y.ndim != 1 or y.size == 0:
+      raise ValueError(f"Dataset {dataset.name!r}: the {name} split is empty or its labels are not "
+                       f"a 1-D array (labels shape {y.shape}); every split needs examples.")
+    if len(split.x) != y.shape[0]:
+      raise ValueError(f"Dataset {dataset.name!r}: the {name} split has {len(split.x)} inputs but "
+                       f"{y.shape[0]} labels.")
+    bad = int(np.count_nonzero(~np.isfinite(y)))
+    if bad:
+      raise ValueError(f"Dataset {dataset.name!r}: {bad} non-finite label(s) (NaN or inf) in the "
+                       f"{name} split; remove or fix those examples.")
+  if len(dataset.train.y) < batch_size:
+    raise ValueError(f"`batch_size`={batch_size} is larger than the training split of "
+                     f"{dataset.name!r} ({len(dataset.train.y)} examples).")
 
 
 def _resolve_loss_kwargs(config, dataset) -> ml_collections.ConfigDict:
-  """Fills data-dependent loss hyperparameters (ACCon's label range R = max(Y) - min(Y))."""
+  """Fills data-dependent loss hyperparameters (ACCon's label range R = max(Y) - min(Y), Eq. 2)."""
   config = ml_collections.ConfigDict(config.to_dict())
   if config.method == "accon" and config.loss.contrastive.get("label_range") is None:
-    config.loss.contrastive.label_range = float(dataset.label_range)
+    label_range = float(dataset.label_range)
+    if not label_range > 0:
+      raise ValueError(
+          f"ACCon's label range R = max - min of the training labels is {label_range}: all training "
+          f"labels of {dataset.name!r} are equal, so the angle compensation (Eq. 2) is undefined. "
+          "Check the target column, or set loss.contrastive.label_range.")
+    config.loss.contrastive.label_range = label_range
   return config
+
+
+def load_data(config: ml_collections.ConfigDict):
+  """``data.load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)``, with
+  ``root=config.data.root`` added when that is set (the file sources take ``root``; the bundled
+  data sets take none). A relative ``kwargs.csv_path`` (the ``csv_images`` source) is taken
+  relative to ``data.root``, so one ``--config.data.root=/path`` moves a whole data set.
+  """
+  kwargs = dict(config.data.kwargs)
+  root = config.data.get("root")
+  if not root and config.data.name in data_lib.SOURCES and "root" not in kwargs:
+    params = inspect.signature(data_lib.sources.get_loader(config.data.name)).parameters
+    if "root" in params and params["root"].default is inspect.Parameter.empty:
+      raise ValueError(f"The data source {config.data.name!r} reads files from a folder: set "
+                       "--config.data.root=/path/to/the/data.")
+  if root:
+    if "root" in kwargs:
+      raise ValueError(f"Both `data.root`={root!r} and `data.kwargs.root`={kwargs['root']!r} are "
+                       "set; set only `data.root`.")
+    kwargs["root"] = root
+    csv_path = kwargs.get("csv_path")
+    if csv_path is not None and not os.path.isabs(os.fspath(csv_path)):
+      kwargs["csv_path"] = os.path.join(root, os.fspath(csv_path))
+  return data_lib.load_dataset(config.data.name, seed=config.data.seed, **kwargs)
+
+
+def make_augment_fn(config: ml_collections.ConfigDict, kind: str) -> Callable:
+  """The training augmentation ``fn(key, x)``: the pipeline ``data.augment_kind`` (default: that of
+  the dataset's ``kind``, :data:`DEFAULT_AUGMENT`) with the options ``data.augment``."""
+  name = config.data.get("augment_kind") or DEFAULT_AUGMENT.get(kind)
+  if name is None:
+    raise ValueError(f"Data of kind {kind!r} has no default augmentation; set "
+                     "`data.augment_kind` (see contrastive_jax.data.augment.get_augment_fn).")
+  return data_lib.get_augment_fn(name, **config.data.augment)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints one run; returns the results dict (also ``results.json``)."""
   objectives.check_method(config.method)
+  check_config_fields(config)
+  protocol = config.eval.get("protocol", "regression") if "eval" in config else "regression"
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"Unknown `eval.protocol`={protocol!r}; expected one of {PROTOCOLS}.")
   mesh = make_mesh()
   if config.batch_size % mesh.size:
     raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices "
@@ -189,7 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"devices ({mesh.size}).")
   os.makedirs(workdir, exist_ok=True)
 
-  dataset = data_lib.load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)
+  dataset = load_data(config)
+  check_dataset(dataset, config.batch_size)
   config = _resolve_loss_kwargs(config, dataset)
   ecdf = fit_ecdf(dataset.train.y) if config.method == "adacon" else None
   lds = config.loss.get("lds")
@@ -209,7 +423,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models.build_model(config.model, axis_name=AXIS)
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, dataset.train.x[:2])
+  augment_fn = make_augment_fn(config, dataset.kind)
+  preprocess = video_eval_preprocess(config) if dataset.kind == "video" else None
+  # Initialise on the input the model will see in training: two augmented training examples.
+  example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}), rng=aug_key)
   state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -219,8 +437,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   # The best state is saved synchronously, after any in-flight save of the latest one: with several
   # processes, two concurrent Orbax saves of the same step interfere (seen as hangs and "metadata from
-  # just one process" errors), so at most one save is ever in flight.
-  best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1, async_save=False)
+  # just one process" errors), so at most one save is ever in flight. Superseded best states are
+  # deleted by the loop (see `committed_best`), not by Orbax, so that the best state named by the
+  # newest complete latest checkpoint survives a crash at any moment.
+  best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=None, async_save=False)
   meta = {"best_step": -1, "val_best": None, "config": _identity(config)}
   if latest.latest_step() is not None:
     restored, saved_meta = latest.restore(state)
@@ -231,11 +451,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           + "\n  ".join(differences) + "\nUse a new --workdir, or --config.resume=force to resume "
           "anyway.")
     state, meta["best_step"], meta["val_best"] = restored, saved_meta["best_step"], saved_meta["val_best"]
+    # Best states that the interrupted run saved after this step are recomputed (identically).
+    best.keep_only(s for s in best.all_steps() if s <= int(state.step))
     log.info("Resumed from step %d of %s.", int(state.step), latest.directory)
 
-  augment_fn = data_lib.get_augment_fn(dataset.kind, **config.data.augment)
   train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std)
-  evaluate = Evaluator(model, mesh, dataset, config, mean, std)
+  evaluate = Evaluator(model, mesh, dataset, config, mean, std, preprocess)
   writer = MetricWriter(workdir)
   num_steps, step = int(config.num_train_steps), int(state.step)
   first_step = step + 1
@@ -265,13 +486,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def validate(step_done: int) -> None:
     val = evaluate(state, dataset.val)
     writer.write_scalars(step_done, {f"val/{k}": v for k, v in val.items()})
-    improved = meta["val_best"] is None or val["mae"] < meta["val_best"]["mae"]
+    improved = evaluate.is_better(val, meta["val_best"])
     if improved:
       meta["best_step"], meta["val_best"] = step_done, val
-      latest.wait()
+      latest.wait()  # Every latest checkpoint saved so far is now complete.
       best.save(state, meta, force=True)
-    log.info("step %d | val MAE %.4f RMSE %.4f R2 %.4f Pearson %.4f%s", step_done, val["mae"],
-                 val["rmse"], val["r2"], val["pearson"], " (best)" if improved else "")
+      best.keep_only({step_done, committed_best})
+    log.info("step %d | val %s%s", step_done, evaluate.describe(val),
+             " (best)" if improved else "")
+
+  # The best step named by the newest latest checkpoint: a crash resumes from that checkpoint, so its
+  # best state is kept until a newer latest checkpoint (naming a newer best) is complete.
+  committed_best = meta["best_step"]
+
+  def save_latest() -> None:
+    nonlocal committed_best
+    latest.save(state, meta, force=True)
+    committed_best = meta["best_step"]
 
   pending = None
   with PreemptionFlag() as preemption:
@@ -303,7 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.eval_every == 0 or step == num_steps:
         validate(step)
       if step % config.checkpoint_every == 0 or step == num_steps or stop is not None:
-        latest.save(state, meta, force=True)
+        save_latest()
       if stop is not None and step < num_steps:
         latest.wait()
         best.wait()
@@ -317,26 +548,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest.wait()
   best.wait()
 
-  if best.latest_step() is not None:
-    state, _ = best.restore(state)
-  test = evaluate(state, dataset.test)
-  mean_predictor = regression_metrics(np.full_like(dataset.test.y, np.mean(dataset.train.y)),
-                                      dataset.test.y)
-  results = {"method": config.method, "dataset": dataset.name, "test": test,
-             "test_train_mean_predictor": {"mae": mean_predictor["mae"], "rmse": mean_predictor["rmse"]},
-             "val_best": meta["val_best"], "best_step": meta["best_step"], "steps": num_steps,
-             "eval_with": evaluate.mode}
-  if evaluate.mode != "head":  # Self-supervised runs report both probes.
-    for mode in ("knn", "ridge"):
-      results[f"test_{mode}"] = evaluate(state, dataset.test, mode)
+  if meta["best_step"] >= 0:
+    if meta["best_step"] not in best.all_steps():
+      raise ValueError(f"The best state (step {meta['best_step']}) is missing from {best.directory} "
+                       f"(found steps {list(best.all_steps())}); the workdir was changed by hand or "
+                       "written by an older version. Use a new --workdir.")
+    best.keep_only({meta["best_step"]})
+    state, _ = best.restore(state, meta["best_step"])
+  test = evaluate(state, dataset.test, final=True)
+  results = {"method": config.method, "dataset": dataset.name, "protocol": evaluate.protocol,
+             "metric": evaluate.metric, "test": test, "val_best": meta["val_best"],
+             "best_step": meta["best_step"], "steps": num_steps, "eval_with": evaluate.mode}
+  test_predictions = None
+  if evaluate.protocol == "regression":
+    mean_predictor = regression_metrics(np.full_like(dataset.test.y, np.mean(dataset.train.y)),
+                                        dataset.test.y)
+    results["test_train_mean_predictor"] = {"mae": mean_predictor["mae"],
+                                            "rmse": mean_predictor["rmse"]}
+    if evaluate.mode != "head":  # Self-supervised runs report both probes.
+      for mode in ("knn", "ridge"):
+        results[f"test_{mode}"] = evaluate(state, dataset.test, mode)
+    else:  # Kept for fold ensembles (evaluate.crossval.fold_ensemble) and error analysis.
+      test_predictions = evaluate.predictions(state, dataset.test)
   writer.write_scalars(num_steps, {f"test/{k}": v for k, v in test.items()})
   writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
-  log.info("Test (best step %d): MAE %.4f RMSE %.4f R2 %.4f Pearson %.4f (predicting the training "
-           "mean: MAE %.4f)", meta["best_step"], test["mae"], test["rmse"], test["r2"], test["pearson"],
-           mean_predictor["mae"])
+    if test_predictions is not None:
+      np.savez(os.path.join(workdir, "test_predictions.npz"), y=np.asarray(dataset.test.y),
+               prediction=test_predictions)
+  log.info("Test (best step %d): %s", meta["best_step"], evaluate.describe(test))
+  if evaluate.protocol == "regression":
+    log.info("Predicting the training mean: test MAE %.4f", results["test_train_mean_predictor"]["mae"])
   latest.close()
   best.close()
   return results

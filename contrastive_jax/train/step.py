@@ -10,8 +10,7 @@ clocks or globals.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from contrastive_jax.losses import regression_loss
 from contrastive_jax.train import objectives
 
 AXIS = "batch"
+DROPOUT_TAG = 0x0D0  # folded into a step's key to derive its 'dropout' PRNG stream
 
 
 def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.Array:
@@ -62,7 +62,12 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
 
   def local_step(state, batch):
-    aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    step_key = jax.random.fold_in(state.rng, state.step)
+    aug_key, loss_key = jax.random.split(step_key)
+    # The 'dropout' stream (stochastic depth, dropout) of this step and device: models without
+    # dropout ignore it, and the augmentation / loss keys are those of runs before it existed.
+    dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, DROPOUT_TAG),
+                                     jax.lax.axis_index(AXIS))
     x = augment_views(aug_key, batch["x"], views, augment_fn)
     b = x.shape[0]
     flat = x.reshape((b * views,) + x.shape[2:])
@@ -70,7 +75,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
 
     def loss_fn(params):
       out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
-                                 train=True, mutable=["batch_stats"])
+                                 train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
       weights = jnp.repeat(batch["weight"], views) if "weight" in batch else None
       loss_reg = jax.lax.pmean(
           regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
@@ -103,13 +108,17 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   return jax.jit(sharded, donate_argnums=0)
 
 
-def make_predict_step(model, mesh, output: str = "prediction"):
+def make_predict_step(model, mesh, output: str = "prediction",
+                      preprocess: Optional[Callable[[jax.Array], jax.Array]] = None):
   """Builds ``predict(state, x) -> model output`` (eval mode), sharded over the batch axis.
 
-  ``output``: 'prediction' (normalised units), 'embedding' or 'projection'.
+  ``output``: 'prediction' (normalised units), 'embedding' or 'projection'. ``preprocess``: an
+  optional deterministic ``x -> x'`` applied on device first (e.g. the evaluation clip of a video).
   """
 
   def local_predict(state, x):
+    if preprocess is not None:
+      x = preprocess(x)
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
     return out[output]
 

@@ -1,0 +1,190 @@
+"""Decoding image files (PNG / JPEG / BMP / TIFF, DICOM, NPY) into uint8 ``[H, W, C]`` arrays.
+
+Host-side decoding only: resizing to a fixed size happens here so that a batch stacks; augmentation
+happens on device (``contrastive_jax.data.augment``).
+
+* PNG / JPEG / BMP / TIFF are read with Pillow, DICOM with pydicom (``pixel_array`` after the
+  modality LUT, RescaleSlope / RescaleIntercept; MONOCHROME1 is inverted so that bone is bright as in
+  MONOCHROME2), ``.npy`` with ``np.load(allow_pickle=False)``.
+* ``to_uint8``: uint8 stays; bool -> {0, 255}; floats already in [0, 1] -> ``round(255 x)``; any other
+  range (uint16 X-rays, CT Hounsfield units) -> per-image min-max scaling to [0, 255] (a constant
+  image becomes 0). Radiographs such as AdaCon's hip X-rays (Sec. IV-A) are stored at 12-16 bits;
+  min-max keeps their full contrast in 8 bits.
+* ``fit_image``: channel conversion (grey -> RGB by repetition, RGB -> grey by the ITU-R BT.601
+  luma weights 0.299 / 0.587 / 0.114), then a centre crop to the target aspect ratio
+  (``resize='crop'``, default) or none (``'stretch'``), then a bilinear (anti-aliased) resize. AdaCon
+  resizes its square femur crops to 128 x 128 (Sec. IV-A); DIR benchmarks use 224 x 224.
+
+Errors name the file: a missing file raises ``FileNotFoundError``, anything undecodable a
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from contrastive_jax.data.sources import base
+
+PIL_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.gif')
+DICOM_SUFFIXES = ('.dcm', '.dicom')
+NPY_SUFFIXES = ('.npy',)
+SUFFIXES = PIL_SUFFIXES + DICOM_SUFFIXES + NPY_SUFFIXES
+RESIZE_MODES = ('crop', 'stretch')
+
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
+
+
+def _read_pil(path: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as image:
+    image.load()
+    if image.mode in ('P', 'PA', 'RGBA', 'LA', 'CMYK', 'YCbCr', 'HSV', '1'):
+      image = image.convert('L' if image.mode in ('LA', '1') else 'RGB')
+    return np.asarray(image)
+
+
+def _read_dicom(path: str) -> np.ndarray:
+  import pydicom  # pylint: disable=g-import-not-at-top
+  from pydicom.pixels import apply_modality_lut  # pylint: disable=g-import-not-at-top
+  ds = pydicom.dcmread(path)
+  if 'PixelData' not in ds:
+    raise ValueError('the DICOM file has no PixelData element')
+  pixels = ds.pixel_array
+  if int(getattr(ds, 'NumberOfFrames', 1) or 1) > 1:
+    raise ValueError(f'multi-frame DICOM ({ds.NumberOfFrames} frames) where one image was expected')
+  pixels = apply_modality_lut(pixels, ds)
+  if getattr(ds, 'PhotometricInterpretation', '') == 'MONOCHROME1':
+    pixels = pixels.max() - pixels  # MONOCHROME1: the minimum is white.
+  return np.asarray(pixels)
+
+
+def _read_npy(path: str) -> np.ndarray:
+  return np.load(path, allow_pickle=False)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """Decodes one image file into its native dtype, ``[H, W]`` or ``[H, W, C]``.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist (message names it).
+    ValueError: unknown suffix, or the file cannot be decoded (message names the file and why).
+  """
+  path = base.require_file(path, 'image file')
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix in PIL_SUFFIXES:
+    reader = _read_pil
+  elif suffix in DICOM_SUFFIXES:
+    reader = _read_dicom
+  elif suffix in NPY_SUFFIXES:
+    reader = _read_npy
+  else:
+    raise ValueError(f'{path}: unknown image file type {suffix!r}; expected one of {SUFFIXES}.')
+  try:
+    return reader(path)
+  except Exception as exc:  # pylint: disable=broad-except  # Pillow / pydicom raise many types.
+    raise base.decode_error(path, exc) from exc
+
+
+def to_uint8(image: np.ndarray, name: str = 'image') -> np.ndarray:
+  """Maps an image of any numeric dtype to uint8 (see the module docstring for the rule).
+
+  Raises:
+    ValueError: non-numeric data or non-finite values (NaN / inf), naming ``name``.
+  """
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    return image
+  if image.dtype == bool:
+    return image.astype(np.uint8) * 255
+  if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+    raise ValueError(f'{name}: image data must be numeric, got dtype {image.dtype}.')
+  values = image.astype(np.float64)
+  if not np.all(np.isfinite(values)):
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    raise ValueError(f'{name}: {bad} non-finite pixel value(s) (NaN or inf).')
+  if values.size == 0:
+    raise ValueError(f'{name}: empty image of shape {image.shape}.')
+  low, high = float(values.min()), float(values.max())
+  if np.issubdtype(image.dtype, np.floating) and low >= 0.0 and high <= 1.0:
+    return np.round(values * 255.0).astype(np.uint8)
+  if high == low:
+    return np.zeros(image.shape, np.uint8)
+  return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def as_hwc(image: np.ndarray, name: str = 'image') -> np.ndarray:
+  """``[H, W]`` -> ``[H, W, 1]``; ``[H, W, 4]`` (RGBA) -> ``[H, W, 3]``; others must be HWC, C in 1/3."""
+  if image.ndim == 2:
+    return image[..., None]
+  if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+    return image[..., :3]
+  raise ValueError(f'{name}: expected a 2-D image [H, W] or [H, W, C] with C in (1, 3, 4), got '
+                   f'shape {image.shape}.')
+
+
+def fit_image(image: np.ndarray, size: Sequence[int] | None, channels: int | None,
+              resize: str = 'crop', name: str = 'image') -> np.ndarray:
+  """uint8 ``[H, W, C]`` -> uint8 ``[*size, channels]`` (``None`` keeps that part as it is)."""
+  image = as_hwc(image, name)
+  if channels is not None and image.shape[-1] != channels:
+    if channels == 3:
+      image = np.repeat(image, 3, axis=-1)
+    elif channels == 1:
+      image = np.round(image.astype(np.float64) @ _LUMA)[..., None].astype(np.uint8)
+    else:
+      raise ValueError(f'channels must be 1 or 3, got {channels}.')
+  if size is None:
+    return image
+  height, width = size
+  if resize == 'crop':
+    h, w = image.shape[:2]
+    # Largest centred window with the target aspect ratio (height / width).
+    crop_h, crop_w = min(h, int(round(w * height / width))), min(w, int(round(h * width / height)))
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    image = image[top:top + crop_h, left:left + crop_w]
+  elif resize != 'stretch':
+    raise ValueError(f'resize must be one of {RESIZE_MODES}, got {resize!r}.')
+  if image.shape[:2] == (height, width):
+    return image
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  planes = [np.asarray(Image.fromarray(image[..., c]).resize((width, height), Image.BILINEAR))
+            for c in range(image.shape[-1])]
+  return np.stack(planes, axis=-1)
+
+
+def check_size(size) -> tuple[int, int] | None:
+  """``None``, an int ``s`` (-> ``(s, s)``) or ``(height, width)``; ``ValueError`` otherwise."""
+  if size is None:
+    return None
+  if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    size = (size, size)
+  try:
+    height, width = (int(s) for s in size)
+    ok = (height, width) == tuple(size) and height > 0 and width > 0
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f'image_size must be a positive int or a (height, width) pair, got {size!r}.')
+  return height, width
+
+
+class ImageDecoder:
+  """``path -> uint8 [H, W, C]``: ``read_image``, ``to_uint8``, ``fit_image`` (picklable)."""
+
+  def __init__(self, size: Sequence[int] | int | None = None, channels: int | None = None,
+               resize: str = 'crop'):
+    if channels not in (None, 1, 3):
+      raise ValueError(f'channels must be 1, 3 or None (as stored), got {channels!r}.')
+    if resize not in RESIZE_MODES:
+      raise ValueError(f'resize must be one of {RESIZE_MODES}, got {resize!r}.')
+    self.size = check_size(size)
+    self.channels = channels
+    self.resize = resize
+
+  def __call__(self, path) -> np.ndarray:
+    path = os.fspath(path)
+    image = to_uint8(read_image(path), path)
+    return fit_image(image, self.size, self.channels, self.resize, path)
