@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import platform
 import statistics
@@ -169,12 +170,20 @@ def main(argv=None):
                       help="skip larger sizes of a loss/mode once one run takes longer")
   parser.add_argument("--rnc-search", default=None,
                       help="jnp.searchsorted method of rnc's blockwise search (scan|sort|...)")
+  parser.add_argument("--rnc-variant", default=None,
+                      help="rnc's scalar-label implementation (rnc.VARIANTS; default: by backend)")
+  parser.add_argument("--rnc-radix-bits", type=int, default=None,
+                      help="probes per level of rnc's shared label search: 2^bits - 1")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   tile = tuple(int(t) for t in args.tile.split(",")) if args.tile else None
+  rnc_module = importlib.import_module("contrastive_jax.losses.rnc")
   if args.rnc_search:
-    import importlib  # pylint: disable=import-outside-toplevel
-    importlib.import_module("contrastive_jax.losses.rnc").SEARCH_METHOD = args.rnc_search
+    rnc_module.SEARCH_METHOD = args.rnc_search
+  if args.rnc_variant:
+    rnc_module.VARIANT = args.rnc_variant
+  if args.rnc_radix_bits is not None:
+    rnc_module.SEARCH_RADIX_BITS = args.rnc_radix_bits
   matmul_dtype = jnp.dtype(args.matmul_dtype) if args.matmul_dtype else None
   sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes else
            [2 ** k for k in range(args.min_log2, args.max_log2 + 1)])

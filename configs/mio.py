@@ -1,15 +1,30 @@
-r"""MIO v1/v2/v3 self-supervised pretraining (thesis Ch. 5, Eq. 5.13 / 5.16 / 5.21), kNN-scored.
+r"""MIO v1/v2/v3 self-supervised pretraining (thesis Ch. 5, Eq. 5.13 / 5.16 / 5.21).
 
   python -m launch --config=configs/mio.py --workdir=/tmp/mio
   python -m launch --config=configs/mio.py:diabetes --workdir=/tmp/mio_diabetes --config.loss.contrastive.version=1
+  python -m launch --config=configs/mio.py:fashion_mnist --workdir=/tmp/mio_fm   # real data, CPU
+Variants: ``digits_angle`` (default), ``diabetes`` (kNN regression); ``fashion_mnist``, ``cifar10``,
+``imagenet100``, ``imagenet`` (kNN top-1; the shared set-up of ``configs/simclr.py:ssl_image_config``:
+same backbone, budget and augmentations as SimCLR / DySTreSS / BCL).
 """
 
 from contrastive_jax.train.defaults import base_config
+from contrastive_jax.train.defaults import DATASET_VARIANTS
 from contrastive_jax.train.defaults import self_supervised
+
+from configs.simclr import ssl_image_config
+
+IMAGE_VARIANTS = ("fashion_mnist", "cifar10", "imagenet100", "imagenet")
 
 
 def get_config(variant: str = "digits_angle"):
-  config = self_supervised(base_config(variant))
+  if variant in DATASET_VARIANTS:
+    config = self_supervised(base_config(variant))
+  elif variant in IMAGE_VARIANTS:
+    config = ssl_image_config(variant)  # Table 5.2 (CIFAR kNN) / ImageNet-100 200 ep, IN-1K 100 ep.
+  else:
+    raise ValueError(f"Unknown mio variant {variant!r}; expected one of "
+                     f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")
   config.method = "mio"
   config.loss.contrastive.temperature = 0.2  # Ch. 5: tau = 0.2 for MIO (Table 5.8 best for v3).
   config.loss.contrastive.version = 3        # MIOv3, the thesis' headline variant (Table 5.2).

@@ -321,3 +321,23 @@ def test_sync_batch_norm_shard_map_four_devices():
 
 if __name__ == '__main__':
   print(f'sync-bn ok on {_sync_bn_matches_full_batch()} devices')
+
+
+def test_projection_head_with_batch_norm():
+  """The thesis projector Dense -> BN -> ReLU -> Dense -> BN (-> L2): unit outputs, BN statistics
+  updated in training, no Dense biases; a closed form in eval mode with fresh statistics."""
+  from contrastive_jax.models.heads import ProjectionHead  # pylint: disable=import-outside-toplevel
+  head = ProjectionHead(hidden_dim=8, out_dim=4, batch_norm=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+  variables = head.init(jax.random.PRNGKey(1), x)
+  assert set(variables['params']) == {'dense_hidden', 'bn_hidden', 'dense_out', 'bn_out'}
+  assert 'bias' not in variables['params']['dense_hidden']
+  out, updates = head.apply(variables, x, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+  assert not np.allclose(updates['batch_stats']['bn_hidden']['mean'], 0.0)
+  # eval mode with initial statistics (mean 0, var 1): BN is x / sqrt(1 + eps)
+  p = variables['params']
+  h = np.maximum(np.asarray(x) @ np.asarray(p['dense_hidden']['kernel']) / np.sqrt(1 + 1e-5), 0)
+  z = h @ np.asarray(p['dense_out']['kernel']) / np.sqrt(1 + 1e-5)
+  np.testing.assert_allclose(head.apply(variables, x), z / np.linalg.norm(z, axis=1, keepdims=True),
+                             rtol=1e-5, atol=1e-6)

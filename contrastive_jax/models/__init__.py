@@ -74,7 +74,7 @@ def build_model(model_config: Any,
   Args:
     model_config: ConfigDict/mapping with ``encoder`` (a key of ENCODERS),
       ``encoder_kwargs``, ``proj_hidden_dim``, ``proj_dim``, ``regress_from``,
-      ``head_bias`` and optionally ``dtype`` ('float32' or 'bfloat16').
+      ``head_bias``, ``proj_batch_norm`` and optionally ``dtype`` ('float32' or 'bfloat16').
     axis_name: mesh axis for synchronised BatchNorm (``encoder.bn_axis_name``).
 
   Returns:
@@ -97,6 +97,8 @@ def build_model(model_config: Any,
       proj_dim=_get(model_config, 'proj_dim', 128),
       regress_from=_get(model_config, 'regress_from', 'backbone'),
       head_bias=_get(model_config, 'head_bias', True),
+      proj_batch_norm=bool(_get(model_config, 'proj_batch_norm', False)),
+      bn_axis_name=axis_name,
   )
 
 

@@ -20,12 +20,16 @@ class ContrastiveRegressor(nn.Module):
       features) or 'projection' (ACCon: Linear without bias on the
       L2-normalised projection; ``head_bias`` is ignored).
     head_bias: whether the backbone regression head has a bias.
+    proj_batch_norm: the thesis' BatchNorm projector (see ``ProjectionHead``).
+    bn_axis_name: mesh axis for the projector's synchronised BatchNorm.
   """
   encoder: nn.Module
   proj_hidden_dim: int | None = None
   proj_dim: int = 128
   regress_from: str = 'backbone'
   head_bias: bool = True
+  proj_batch_norm: bool = False
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
@@ -37,8 +41,8 @@ class ContrastiveRegressor(nn.Module):
       raise ValueError(f'Unknown regress_from={self.regress_from!r}; '
                        f'expected one of {REGRESS_FROM}.')
     embedding = self.encoder(x, train=train).astype(jnp.float32)
-    projection = ProjectionHead(self.proj_hidden_dim, self.proj_dim,
-                                name='projector')(embedding)
+    projection = ProjectionHead(self.proj_hidden_dim, self.proj_dim, self.proj_batch_norm,
+                                self.bn_axis_name, name='projector')(embedding, train=train)
     if self.regress_from == 'backbone':
       prediction = LinearHead(use_bias=self.head_bias, name='regressor')(embedding)
     else:

@@ -29,6 +29,8 @@ from contrastive_jax.losses import cowpro as cowpro_losses
 from contrastive_jax.models import cowpro as cowpro_model
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.loop import NonFiniteLossError
+from contrastive_jax.train.loop import config_differences
+from contrastive_jax.train.loop import config_identity
 from contrastive_jax.train.loop import RUN_CONTROL_FIELDS
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
@@ -99,16 +101,8 @@ def _regroup(split, lengths, ids) -> cowpro_data.Volumes:
   return cowpro_data.Volumes(images, labels, tuple(ids))
 
 
-def _identity(config) -> dict:
-  cfg = json.loads(json.dumps(config.to_dict()))
-  return {k: v for k, v in cfg.items() if k not in RUN_CONTROL_FIELDS}
 
 
-def _diff(a, b, prefix='') -> list:
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [d for key in sorted(set(a) | set(b))
-            for d in _diff(a.get(key, '<missing>'), b.get(key, '<missing>'), f'{prefix}{key}.')]
-  return [] if a == b else [f'{prefix[:-1]}: checkpoint {a!r} vs now {b!r}']
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,10 +268,10 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
            f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
 
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), int(config.keep_checkpoints))
-  meta = {'config': _identity(config), 'history': []}
+  meta = {'config': config_identity(config), 'history': []}
   if ckpt.latest_step() is not None:
     state, saved = ckpt.restore(state)
-    differences = _diff(saved.get('config', {}), meta['config'])
+    differences = config_differences(saved.get('config', {}), meta['config'])
     if differences and config.get('resume', 'auto') != 'force':
       raise ValueError(f'The checkpoint in {ckpt.directory} was written with a different config:\n  '
                        + '\n  '.join(differences) + '\nUse a new workdir, or --config.resume=force.')

@@ -37,6 +37,7 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.model.proj_hidden_dim = placeholder(int)  # None: the input width.
   # Projection head: Dense -> ReLU -> Dense(proj_dim) -> L2 (AdaCon Sec. III-B).
   c.model.proj_dim = 128
+  c.model.proj_batch_norm = False  # True: Dense -> BN -> ReLU -> Dense -> BN (thesis Ch. 4-6)
   c.model.regress_from = "backbone"  # AdaCon: regression branch on the backbone features
   c.model.head_bias = True
   c.model.dtype = "float32"

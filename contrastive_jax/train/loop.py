@@ -20,6 +20,7 @@ import threading
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -103,22 +104,24 @@ def make_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), (AXIS,))
 
 
-def _identity(config) -> dict:
+def config_identity(config, run_control=RUN_CONTROL_FIELDS) -> dict:
   """The config fields that determine a run's result, as their JSON form (tuples become lists).
 
-  ``data.root`` is left out too: the same data staged at another path may resume a run.
+  The ``run_control`` fields are left out, and ``data.root`` too: the same data staged at another
+  path may resume a run.
   """
   cfg = json.loads(json.dumps(config.to_dict()))
   if isinstance(cfg.get("data"), dict):
     cfg["data"].pop("root", None)
-  return {k: v for k, v in cfg.items() if k not in RUN_CONTROL_FIELDS}
+  return {k: v for k, v in cfg.items() if k not in run_control}
 
 
-def _diff(a, b, prefix="") -> list:
+def config_differences(a, b, prefix="") -> list:
+  """Readable ``field: checkpoint X vs now Y`` lines for two :func:`config_identity` dicts."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for key in sorted(set(a) | set(b)):
-      out += _diff(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
+      out += config_differences(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
     return out
   return [] if a == b else [f"{prefix[:-1]}: checkpoint {a!r} vs now {b!r}"]
 
@@ -382,7 +385,24 @@ def make_augment_fn(config: ml_collections.ConfigDict, kind: str) -> Callable:
   if name is None:
     raise ValueError(f"Data of kind {kind!r} has no default augmentation; set "
                      "`data.augment_kind` (see contrastive_jax.data.augment.get_augment_fn).")
-  return data_lib.get_augment_fn(name, **config.data.augment)
+  augment = data_lib.get_augment_fn(name, **config.data.augment)
+  return random_slice(augment) if kind == "volume" else augment
+
+
+def random_slice(augment: Callable) -> Callable:
+  """An image augmentation applied to volumes ``[b, S, H, W, C]``: each view of each sample draws
+  one slice uniformly at random (its own key), then is augmented as an image (thesis Ch. 4: 2-D
+  slices of the MRNet scans)."""
+  def fn(key, x):
+    slice_key, image_key = jax.random.split(key)
+    index = jax.random.randint(slice_key, (x.shape[0],), 0, x.shape[1])
+    return augment(image_key, x[jnp.arange(x.shape[0]), index])
+  return fn
+
+
+def middle_slice(x):
+  """The deterministic evaluation input of a volume batch ``[b, S, H, W, C]``: its middle slice."""
+  return x[:, x.shape[1] // 2]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -424,7 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   augment_fn = make_augment_fn(config, dataset.kind)
-  preprocess = video_eval_preprocess(config) if dataset.kind == "video" else None
+  preprocess = {"video": video_eval_preprocess(config) if dataset.kind == "video" else None,
+                "volume": middle_slice}.get(dataset.kind)
   # Initialise on the input the model will see in training: two augmented training examples.
   example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
@@ -441,10 +462,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # deleted by the loop (see `committed_best`), not by Orbax, so that the best state named by the
   # newest complete latest checkpoint survives a crash at any moment.
   best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=None, async_save=False)
-  meta = {"best_step": -1, "val_best": None, "config": _identity(config)}
+  meta = {"best_step": -1, "val_best": None, "config": config_identity(config)}
   if latest.latest_step() is not None:
     restored, saved_meta = latest.restore(state)
-    differences = _diff(saved_meta.get("config", {}), meta["config"])
+    differences = config_differences(saved_meta.get("config", {}), meta["config"])
     if differences and config.get("resume", "auto") != "force":
       raise ValueError(
           f"The checkpoint in {latest.directory} was written with a different config:\n  "

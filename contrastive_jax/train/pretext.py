@@ -32,6 +32,8 @@ from contrastive_jax.data import jigsaw as jigsaw_data
 from contrastive_jax.models import jigsaw as jigsaw_models
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.loop import NonFiniteLossError
+from contrastive_jax.train.loop import config_differences
+from contrastive_jax.train.loop import config_identity
 from contrastive_jax.train.loop import PreemptionFlag
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.optim import make_schedule
@@ -59,18 +61,8 @@ class PretextProgress(Progress):
             f"| lr {rest}")
 
 
-def _identity(config) -> dict:
-  cfg = json.loads(json.dumps(config.to_dict()))
-  return {k: v for k, v in cfg.items() if k not in RUN_CONTROL_FIELDS}
 
 
-def _diff(a, b, prefix='') -> list:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for key in sorted(set(a) | set(b)):
-      out += _diff(a.get(key, '<missing>'), b.get(key, '<missing>'), f'{prefix}{key}.')
-    return out
-  return [] if a == b else [f'{prefix[:-1]}: checkpoint {a!r} vs now {b!r}']
 
 
 def _saved_meta(directory: str, step: int) -> dict:
@@ -149,10 +141,10 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
   crop, channels = int(jig.crop_size), int(config.data.get('channels', 3))
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
-  meta = {'config': _identity(config)}
+  meta = {'config': config_identity(config, RUN_CONTROL_FIELDS)}
   resume = ckpt.latest_step() is not None
   if resume:  # checked first: a refused resume costs nothing, and before parameter shapes can clash
-    differences = _diff(_saved_meta(ckpt.directory, ckpt.latest_step()).get('config', {}),
+    differences = config_differences(_saved_meta(ckpt.directory, ckpt.latest_step()).get('config', {}),
                         meta['config'])
     if differences and config.get('resume', 'auto') != 'force':
       ckpt.close()

@@ -5,7 +5,8 @@ NumPy; TensorFlow is never imported): ``cifar10``, ``imagenet2012``, ``glue/stsb
 ``tfds build <name> --file_format=array_record`` (or ``download=True``, which needs the builder's own
 download and preparation to work without TensorFlow). ``x`` is a ``base.LazyArray``: a record is read
 and decoded only when its row is indexed; only the labels are read when loading (with the image
-decoding skipped where TFDS can do that without TensorFlow).
+decoding skipped where TFDS can do that without TensorFlow). The TFDS data directory is ``data_dir``
+or, equivalently, ``root`` (what the trainer passes for ``--config.data.root=``).
 
 Inputs:
 
@@ -150,13 +151,29 @@ def _read_labels(name, split, data_dir, download, source, label_key, image_key) 
   return np.concatenate(values) if values else np.zeros((0,), np.float64)
 
 
+def _resolve_data_dir(data_dir, root):
+  """The TFDS data directory from ``data_dir`` and its alias ``root`` (the trainer's data.root)."""
+  if root is None or (isinstance(root, str) and not root):
+    return data_dir
+  root = os.fspath(root)
+  if data_dir is None or (isinstance(data_dir, str) and not data_dir):
+    return root
+  data_dir = os.fspath(data_dir)
+  if os.path.abspath(os.path.expanduser(data_dir)) != os.path.abspath(os.path.expanduser(root)):
+    raise ValueError(f'Both root={root!r} (data.root) and data_dir={data_dir!r} '
+                     '(data.kwargs.data_dir) are set and differ: the TFDS data directory is one '
+                     'of them; set only one.')
+  return data_dir
+
+
 def load_tfds(tfds_name: str, *, seed: int = 0, train_split: str = 'train[:90%]',
               val_split: str = 'train[90%:]', test_split: str = 'test',
               label_key: str = 'label', image_key: str | None = 'image',
               feature_keys: Sequence[str] | None = None, image_size=None,
               channels: int | None = None, resize: str = 'crop', text_dim: int = 256,
               data_dir: str | None = None, download: bool = False, shuffle: bool = False,
-              process_index: int = 0, process_count: int = 1, workers: int = 1) -> Dataset:
+              process_index: int = 0, process_count: int = 1, workers: int = 1,
+              root: str | None = None) -> Dataset:
   """Loads a TFDS catalogue dataset by name and split strings (see the module docstring).
 
   Args:
@@ -176,15 +193,20 @@ def load_tfds(tfds_name: str, *, seed: int = 0, train_split: str = 'train[:90%]'
     shuffle: permute each split's records with ``seed``.
     process_index, process_count: keep only this process's block of every split.
     workers: decoding threads per batch.
+    root: another name for ``data_dir``: the trainer passes ``--config.data.root=`` as ``root=``
+      (as to the file sources), so one flag moves a TFDS data directory too. Giving both ``root``
+      and ``data_dir`` is an error unless they name the same directory.
 
   Returns:
     ``Dataset`` named ``tfds_name``, kind ``'image'`` or ``'tabular'``, ``x`` lazy.
 
   Raises:
-    ValueError: unknown dataset or feature, bad options, non-finite labels, an empty split.
+    ValueError: unknown dataset or feature, bad options (``root`` and ``data_dir`` naming
+      different directories), non-finite labels, an empty split.
     FileNotFoundError: the dataset is not prepared in ``data_dir`` (and ``download`` is False).
   """
   name = tfds_name
+  data_dir = _resolve_data_dir(data_dir, root)
   process_index, process_count = base.check_process(process_index, process_count)
   if int(text_dim) != text_dim or text_dim < 1:
     raise ValueError(f'text_dim must be a positive integer, got {text_dim!r}.')
