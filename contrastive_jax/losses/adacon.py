@@ -23,8 +23,9 @@ import numpy as np
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 from contrastive_jax.losses.supcon import check_temperature
-from contrastive_jax.losses.supcon import pair_temperature
 from contrastive_jax.losses.supcon import softmax_loss
+from contrastive_jax.losses.supcon import split_temperature
+from contrastive_jax.losses.supcon import tile_temperature
 from contrastive_jax.losses.supcon import unit_rows
 
 
@@ -61,14 +62,13 @@ def fit_ecdf(train_labels) -> ECDF:
   return ECDF(sorted_labels=np.sort(y).astype(np.float32))
 
 
-def _margin_logits(temperature, matmul_dtype, params, a, c, a_aux, c_aux):
+def _margin_logits(profile, matmul_dtype, params, a, c, a_aux, c_aux):
   """AdaCon tile (Eq. 4, 6): ``(cos + d) / tau`` with ``d = 2 |phi_i - phi_a|`` for negatives."""
   (a_y, a_phi), (c_y, c_phi) = a_aux, c_aux
   cos = pairwise.tile_dot(a, c, matmul_dtype)
   positive = a_y[:, None] == c_y[None, :]
   margin = jnp.where(positive, 0.0, 2.0 * jnp.abs(a_phi[:, None] - c_phi[None, :]))
-  tau = pair_temperature(temperature if callable(temperature) else params["temperature"], cos)
-  return (cos + margin) / tau, positive
+  return (cos + margin) / tile_temperature(profile, params, cos), positive
 
 
 def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1.0 / 150.0,
@@ -97,8 +97,7 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
   rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
   anchor_phi, column_phi = rows.per_sample(cdf.astype(features.dtype), axis_name)
-  logits_fn = functools.partial(_margin_logits, temperature if callable(temperature) else None,
-                                block.matmul_dtype)
-  params = {} if callable(temperature) else {"temperature": temperature}
+  profile, params = split_temperature(temperature)
+  logits_fn = functools.partial(_margin_logits, profile, block.matmul_dtype)
   return softmax_loss(logits_fn, params, rows, (anchor_y, anchor_phi), (column_y, column_phi), 1.0,
                       axis_name, block)

@@ -57,14 +57,6 @@ def softmax_loss(logits_fn, params, rows: pairwise.Rows, anchor_aux, column_aux,
   return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
 
 
-def supcon_from_logits(rows: pairwise.Rows, logits: jax.Array, positive: jax.Array,
-                       scale: float, axis_name: Optional[str]) -> jax.Array:
-  """The SupCon-family loss from a materialised ``[n, N]`` logit matrix (dense only)."""
-  stats = tuple(jnp.sum(x, axis=1) if k == "sum" else pairwise.masked_logsumexp(x, x > -jnp.inf)
-                for k, x in zip(SOFTMAX_KINDS, softmax_statistics(logits, positive, rows.is_self)))
-  return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
-
-
 def pair_temperature(temperature, cos: jax.Array):
   """``tau`` as a scalar, or per pair ``temperature(stop_gradient(cos))`` when it is a callable.
 
@@ -100,19 +92,23 @@ def unit_rows(features: jax.Array, axis_name: Optional[str]) -> pairwise.Rows:
   return pairwise.make_rows(pairwise.l2_normalize(features), axis_name)
 
 
-def _scalar_or_callable(temperature, params):
-  return temperature if callable(temperature) else params["temperature"]
+def split_temperature(temperature):
+  """``(profile, params)``: a callable temperature is static (closed over by the pair function),
+  a scalar one travels in the pair function's ``params`` (it may be a tracer)."""
+  if callable(temperature):
+    return temperature, {}
+  return None, {"temperature": temperature}
 
 
-def _label_logits(temperature, matmul_dtype, params, a, c, a_y, c_y):
+def tile_temperature(profile, params, cos: jax.Array):
+  """``tau`` of a tile: the ``profile`` of :func:`split_temperature` or ``params['temperature']``."""
+  return pair_temperature(params["temperature"] if profile is None else profile, cos)
+
+
+def _label_logits(profile, matmul_dtype, params, a, c, a_y, c_y):
   """SupCon tile: ``cos / tau``, positives where the labels (or sample ids) are equal."""
   cos = pairwise.tile_dot(a, c, matmul_dtype)
-  tau = pair_temperature(_scalar_or_callable(temperature, params), cos)
-  return cos / tau, a_y[:, None] == c_y[None, :]
-
-
-def _temperature_params(temperature) -> dict:
-  return {} if callable(temperature) else {"temperature": temperature}
+  return cos / tile_temperature(profile, params, cos), a_y[:, None] == c_y[None, :]
 
 
 def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
@@ -139,10 +135,9 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
-  logits_fn = functools.partial(_label_logits, temperature if callable(temperature) else None,
-                                block.matmul_dtype)
-  return softmax_loss(logits_fn, _temperature_params(temperature), rows, anchor_y, column_y,
-                      scale, axis_name, block)
+  profile, params = split_temperature(temperature)
+  logits_fn = functools.partial(_label_logits, profile, block.matmul_dtype)
+  return softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
 
 
 def simclr(features: jax.Array, temperature: float = 0.5, base_temperature: Optional[float] = None,

@@ -17,5 +17,4 @@ from contrastive_jax.pairwise.rows import global_mean
 from contrastive_jax.pairwise.rows import l2_normalize
 from contrastive_jax.pairwise.rows import make_rows
 from contrastive_jax.pairwise.rows import masked_logsumexp
-from contrastive_jax.pairwise.rows import mean_log_prob_over_positives
 from contrastive_jax.pairwise.rows import pairwise_euclidean

@@ -347,14 +347,14 @@ def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: 
     columns: ``[N, d]`` column embeddings (the global batch).
     anchor_aux, column_aux: pytrees of per-anchor ``[n, ...]`` / per-column ``[N, ...]`` arrays.
     row_offset: global column index of the first anchor (``is_self[i, j] = row_offset + i == j``).
-    block: :class:`Blocking` (default ``impl='auto'`` with the default tiles).
+    block: :class:`Blocking` (default :func:`blocking`: ``impl='auto'``, the backend's tiles).
 
   Returns:
     One ``[n]`` array per statistic.
   """
   kinds = tuple(kinds)
   _check_kinds(kinds)
-  block = block or Blocking()
+  block = block or blocking()
   num_rows, num_cols = anchors.shape[0], columns.shape[0]
   impl = resolve_impl(block.impl, num_rows, num_cols)
   row_offset = jnp.asarray(row_offset, jnp.int32)

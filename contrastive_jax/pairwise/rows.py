@@ -110,16 +110,3 @@ def masked_logsumexp(logits: jax.Array, valid: jax.Array, axis: int = 1) -> jax.
   shift = jax.lax.stop_gradient(jnp.max(masked, axis=axis, keepdims=True))
   total = jnp.sum(jnp.exp(masked - shift), axis=axis)
   return jnp.log(total) + jnp.squeeze(shift, axis)
-
-
-def mean_log_prob_over_positives(logits: jax.Array, positive: jax.Array,
-                                 valid: jax.Array) -> jax.Array:
-  """Per anchor: ``(1/|P(i)|) sum_{p in P(i)} log softmax_{valid}(logits_i)_p``; 0 without positives.
-
-  This is the SupCon family's inner term (SupCon Eq. 2, AdaCon Eq. 6, ACCon Eq. 4): ``valid`` marks the
-  denominator's columns (everything but the anchor itself), ``positive`` the numerator's.
-  """
-  log_prob = logits - masked_logsumexp(logits, valid)[:, None]
-  count = jnp.sum(positive, axis=1)
-  summed = jnp.sum(jnp.where(positive, log_prob, 0.0), axis=1)
-  return summed / jnp.maximum(count, 1).astype(summed.dtype)
