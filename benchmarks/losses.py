@@ -2,6 +2,7 @@ r"""Forward+backward time and memory of the contrastive losses, dense vs blockwi
 
     python benchmarks/losses.py --json /tmp/losses.json            # every loss, both modes
     python benchmarks/losses.py --losses supcon,adacon --modes blockwise --min-log2 15 --max-log2 20
+    python benchmarks/losses.py --shard --modes blockwise,ring --sizes 16384   # over all devices
 
 For each loss, mode (``impl``) and number of rows ``M = batch * views`` (two views, ``d = 128``) it
 jit-compiles ``jax.value_and_grad`` of the loss w.r.t. the features, runs it once to warm up, then
@@ -15,6 +16,13 @@ The floor of each run is ``max(matmul FLOPs / measured matmul rate, exps / measu
 (the forward log-sum-exp and the backward softmax) for the ``n x N`` pair matrix; the rates are
 measured at the start on the same device (a large square matmul in the loss' precision and a fused
 chain of exps). Each time is also reported as a multiple of that floor.
+
+``--shard`` runs each loss per shard inside ``jax.shard_map`` over all local devices (the batch
+split evenly, as the trainer does): ``blockwise`` all-gathers the columns, ``ring`` passes them around
+the devices with ``ppermute`` (``impl='ring'``). Memory is then per device, and the floor is the
+per-device share of the work. (On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+splits one host into 8 devices that share its cores: their memory accounts are real, their times
+are not those of 8 accelerators.)
 
 Prints a table (markdown) and writes every number, the device and the command to ``--json``.
 """
@@ -49,9 +57,9 @@ def _labels(rng, batch):
   return rng.integers(0, max(batch // 8, 2), size=batch).astype(np.float32)
 
 
-def make_loss(name: str, impl: str, tile, matmul_dtype):
-  """(loss(features, labels, cdf), needs unit features) for ``name``."""
-  mode = dict(impl=impl, matmul_dtype=matmul_dtype)
+def make_loss(name: str, impl: str, tile, matmul_dtype, axis_name=None):
+  """``loss(features, labels, cdf)`` for ``name`` (per shard when ``axis_name`` is set)."""
+  mode = dict(impl=impl, matmul_dtype=matmul_dtype, axis_name=axis_name)
   if tile is not None:
     mode["tile"] = tile
   if name == "rnc":
@@ -67,7 +75,8 @@ def make_loss(name: str, impl: str, tile, matmul_dtype):
       "mio": lambda f, y, c: L.mio(f, version=3, **mode),
       "bcl": lambda f, y, c: L.binary_contrastive(f, **mode),
       "rnc": lambda f, y, c: L.rnc(f, y, **mode),
-      "supremix": lambda f, y, c: L.supremix(f, y, jax.random.PRNGKey(0)),  # dense only
+      "supremix": lambda f, y, c: L.supremix(f, y, jax.random.PRNGKey(0),  # dense only
+                                             axis_name=axis_name),
   }
   if name not in table:
     raise ValueError(f"unknown loss {name!r}; expected one of {sorted(table)}")
@@ -104,13 +113,25 @@ def _median_time(fn, args, reps):
   return statistics.median(times)
 
 
-def run_one(name, impl, m, tile, matmul_dtype, reps, rates, seed=0):
+def _sharded(name, impl, tile, matmul_dtype, mesh):
+  """The loss per shard inside ``shard_map`` over ``mesh`` (axis 'batch'), as the trainer runs it."""
+  loss = make_loss(name, impl, tile, matmul_dtype, axis_name="batch")
+  spec = jax.sharding.PartitionSpec("batch")
+  return jax.shard_map(loss, mesh=mesh, in_specs=(spec,) * 3, out_specs=jax.sharding.PartitionSpec())
+
+
+def run_one(name, impl, m, tile, matmul_dtype, reps, rates, seed=0, mesh=None):
   rng = np.random.default_rng(seed)
   batch = m // 2
   feats = jnp.asarray(rng.normal(size=(batch, 2, DIM)).astype(np.float32))
   labels = jnp.asarray(_labels(rng, batch))
   cdf = jnp.asarray(L.fit_ecdf(np.asarray(labels))(np.asarray(labels)))
-  loss = make_loss(name, impl, tile, matmul_dtype)
+  if mesh is None:
+    loss, shards = make_loss(name, impl, tile, matmul_dtype), 1
+  else:
+    loss, shards = _sharded(name, impl, tile, matmul_dtype, mesh), mesh.size
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    feats, labels, cdf = (jax.device_put(x, split) for x in (feats, labels, cdf))
   fn = jax.jit(jax.value_and_grad(lambda f: loss(f, labels, cdf)))
   start = time.perf_counter()
   compiled = fn.lower(feats).compile()
@@ -128,9 +149,10 @@ def run_one(name, impl, m, tile, matmul_dtype, reps, rates, seed=0):
     jax.block_until_ready(compiled(feats))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  pairs = float(m) * float(m)
+  pairs = float(m) * float(m) / shards
   floor = max(6 * pairs * DIM / rates["matmul_flops_per_s"], 2 * pairs / rates["exp_per_s"])
-  return {"loss": name, "impl": impl, "M": m, "dim": DIM, "median_s": median, "times_s": times,
+  return {"loss": name, "impl": impl, "M": m, "dim": DIM, "devices": shards, "median_s": median,
+          "times_s": times,
           "compile_s": compile_s, "temp_bytes": temp, "floor_s": floor,
           "x_floor": median / floor, "value": float(value), "status": "ok"}
 
@@ -174,6 +196,8 @@ def main(argv=None):
                       help="rnc's scalar-label implementation (rnc.VARIANTS; default: by backend)")
   parser.add_argument("--rnc-radix-bits", type=int, default=None,
                       help="probes per level of rnc's shared label search: 2^bits - 1")
+  parser.add_argument("--shard", action="store_true",
+                      help="run per shard inside shard_map over all local devices")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   tile = tuple(int(t) for t in args.tile.split(",")) if args.tile else None
@@ -188,11 +212,13 @@ def main(argv=None):
   sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes else
            [2 ** k for k in range(args.min_log2, args.max_log2 + 1)])
   device = jax.devices()[0]
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",)) if args.shard else None
   rates = measure_rates(matmul_dtype)
   print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{device.platform}: {device.device_kind}, jax {jax.__version__}; rates: "
         f"matmul {rates['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s, "
-        f"exp {rates['exp_per_s'] / 1e9:.0f} G/s, copy {rates['copy_bytes_per_s'] / 1e9:.0f} GB/s",
+        f"exp {rates['exp_per_s'] / 1e9:.0f} G/s, copy {rates['copy_bytes_per_s'] / 1e9:.0f} GB/s"
+        + (f"; sharded over {mesh.size} devices" if mesh is not None else ""),
         flush=True)
   rows = []
   for name in args.losses.split(","):
@@ -203,7 +229,7 @@ def main(argv=None):
           rows.append({"loss": name, "impl": impl, "M": m, "status": f"skipped ({stop})"})
           continue
         try:
-          row = run_one(name, impl, m, tile, matmul_dtype, args.reps, rates)
+          row = run_one(name, impl, m, tile, matmul_dtype, args.reps, rates, mesh=mesh)
           if row["median_s"] > args.max_seconds:
             stop = f"M={m} took {row['median_s']:.0f} s"
         except Exception as e:  # pylint: disable=broad-except  (OOM is an XlaRuntimeError)
@@ -220,7 +246,8 @@ def main(argv=None):
       json.dump({"command": " ".join(["python"] + sys.argv), "device": device.device_kind,
                  "platform": device.platform, "jax": jax.__version__, "python": platform.python_version(),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "rates": rates,
-                 "tile": tile, "matmul_dtype": args.matmul_dtype, "rows": rows}, f, indent=1)
+                 "devices": mesh.size if mesh is not None else 1, "tile": tile,
+                 "matmul_dtype": args.matmul_dtype, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

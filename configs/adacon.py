@@ -32,9 +32,13 @@ experiments on your copy of the data (paths via `--config.data.root=`):
   R(2+1)D-18, 32-frame clips (every 2nd frame, 112 x 112), batch 20, 45 epochs (16,785 steps):
   the paper reports ~12 hours on three V100 GPUs.
 
-Not reproduced: the ImageNet (BMD) / Kinetics-400 (EchoNet) initialisation of the backbones -- the
-trainer starts from random weights; ``contrastive_jax.models.torch_weights`` converts the
-torchvision checkpoints for a fine-tuning script.
+Initialisation: the paper starts from ImageNet (BMD) / Kinetics-400 (EchoNet) weights; the configs
+start from random weights unless given torchvision's checkpoint, e.g.
+``--config.model.init_from=/weights/efficientnet_b1.pth`` (``.pth`` or ``.safetensors``, converted
+by ``contrastive_jax.models.torch_weights``; the heads stay random). ``:bmd`` normalises its inputs
+with the ImageNet statistics that those weights expect (``data.normalize='imagenet'``); for
+torchvision's Kinetics-400 ``r2plus1d_18`` weights add
+``--config.data.normalize='((0.43216,0.394666,0.37645),(0.22803,0.22145,0.216989))'``.
 """
 
 import ml_collections
@@ -53,6 +57,7 @@ def _bmd(config):
       image_size=128,      # "The crops are resized to 128x128 pixels"
       channels=3,          # grey X-rays replicated to RGB, the input of an ImageNet backbone
   ))
+  config.data.normalize = "imagenet"  # the input statistics of the ImageNet-pretrained EfficientNet
   # "random data augmentations including horizontal flips, rotations, and frame jitters"; the
   # paper gives no magnitudes (rotation 15 deg, 5 % jitter are ours, see data/augment.py).
   config.data.augment_kind = "bmd"

@@ -72,6 +72,10 @@ def get_config(variant: str = 'synthetic'):
     config.model.in_channels = 1
     config.model.feature_dim = 64
   config.model.bn_train = True  # GUESS: BatchNorm in training mode during training
+  # '' = random init; a torchvision ResNet-101 / DeepLab-v3 state dict (.pth / .safetensors; the
+  # 'backbone.' prefix is stripped) for the encoder, or a previous run's workdir (see
+  # contrastive_jax/train/init_from.py). Ignored when resuming.
+  config.model.init_from = ''
 
   # Prototypes and aggregation (Sec. 7.4.1.3).
   config.prototypes = ml_collections.ConfigDict()

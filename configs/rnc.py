@@ -6,11 +6,18 @@ Variants: `configs/rnc.py:digits_angle` (default), `:diabetes` (bundled): both t
 
   python -m launch --config=configs/rnc.py:agedb --config.data.root=/data/dir --workdir=runs/rnc_agedb
 
-`:agedb` is the paper's two-stage recipe: the encoder is trained by L_RNC alone (400 epochs, 18,800
-steps of batch 256 of ResNet-18 at 224 x 224, about 4 A100-GPU-hours), then a linear regressor on
-its frozen features -- here the closed-form ridge probe on the training split's embeddings
-(`eval_with='ridge'`; the official second stage trains it by SGD with L1), which also selects the
-best checkpoint on the validation split. The ImageNet initialisation is not reproduced.
+`:agedb` is the paper's two-stage recipe, checked against the official code
+(kaiwenzha/Rank-N-Contrast, commit eca433b; file:line in `rnc_agedb_recipe`,
+contrastive_jax/train/defaults.py): the encoder is trained by L_RNC alone (tau = 2, L1 label
+distance, L2 feature distance on the 512-d pooled features; 400 epochs, 18,800 steps of batch 256
+of ResNet-18 at 224 x 224, SGD lr 0.5 / momentum 0.9 / weight decay 1e-4, cosine to lr x 1e-3, no
+warm-up; about 4 A100-GPU-hours), then a linear regressor on its frozen features -- here the
+closed-form ridge probe on the training split's embeddings (`eval_with='ridge'`; the official second
+stage, main_linear.py, trains Linear(512, 1) by SGD with L1 for 100 epochs on augmented images:
+this trainer has no second stage), which also selects the best encoder checkpoint on the validation
+split (the official code keeps the last). Random init, as the official code (its ResNet is built
+from scratch); `--config.model.init_from=<torchvision .pth> --config.data.normalize=imagenet` starts
+from ImageNet weights instead.
 """
 
 from contrastive_jax.train.defaults import base_config
@@ -26,8 +33,8 @@ def get_config(variant: str = "digits_angle"):
                      f"{VARIANTS}.")
   config = base_config(variant if variant in ("digits_angle", "diabetes") else "digits_angle")
   config.method = "rnc"
-  config.loss.contrastive.temperature = 2.0     # Paper / official default tau = 2.
-  config.loss.features = "embedding"            # RNC contrasts raw encoder features (L2 distance).
+  config.loss.contrastive.temperature = 2.0     # Official `--temp 2` (main_rnc.py:38).
+  config.loss.features = "embedding"            # Raw encoder features, L2 (main_rnc.py:40).
   config.loss.gamma_con = 1.0
   if variant == "agedb":
     rnc_agedb_recipe(config)

@@ -147,6 +147,7 @@ def ssl_image_config(variant: str) -> ml_collections.ConfigDict:
     c.optim.name = "lars"
     c.optim.lr = 0.1
     c.optim.weight_decay = 1e-6         # GUESS (Sec. C10): LARS momentum 0.9, wd 1e-6
+    c.optim.exclude_bias_and_norm = True  # SimCLR: BN and biases skip wd and the trust ratio
     c.optim.warmup_steps = 0
     c.eval_batch_size = 64
   else:
@@ -180,6 +181,7 @@ def ssl_image_config(variant: str) -> ml_collections.ConfigDict:
     c.optim.lr = 0.075 * 256 ** 0.5
     c.optim.weight_decay = 1e-6
     c.optim.warmup_steps = _steps(variant, 10, 256)
+    c.optim.exclude_bias_and_norm = True  # SimCLR: BN and biases skip wd and the trust ratio
     c.eval_batch_size = 1024
   if variant != "fashion_mnist":
     c.log_every = 500

@@ -6,15 +6,45 @@ Variants: `configs/supremix.py:digits_angle` (default), `:diabetes` (bundled; mu
 
   python -m launch --config=configs/supremix.py:agedb --config.data.root=/data/dir --workdir=runs/supremix_agedb
 
-`:agedb` follows the official code (Dingyijiang1/Mixup-Your-Own-Pairs), which is built on
-Rank-N-Contrast's AgeDB pipeline: two stages (encoder by L_SupReMix alone, then a linear regressor on
-frozen features, here the ridge probe), ResNet-18 at 224 x 224, SGD lr 0.5, batch 256, 400 epochs:
-about 4-5 A100-GPU-hours. Mixture embeddings are never materialised (their similarities are linear
-in the similarity matrix), so memory stays O(M^2) where the official code builds an M^3 x D tensor.
+`:agedb` follows the official code's AgeDB-DIR run (Dingyijiang1/Mixup-Your-Own-Pairs, agedb-dir/,
+commit d6152e0; its data/agedb.csv is the DIR benchmark's balanced split), whose pipeline is the
+DIR benchmark's (YyzHarry/imbalanced-regression) with contrastive views, not Rank-N-Contrast's:
+ResNet-50 at 224 x 224, Adam lr 1e-3, batch 128, 100 epochs with the rate x0.1 at epoch 80 (9,500
+steps: about 2.4 M ResNet-50 image passes, ~1 A100-GPU-hour), then a linear regressor on the frozen
+backbone features (here the ridge probe). Mixture embeddings are never materialised (their
+similarities are linear in the similarity matrix), so memory stays O(M^2) where the official code
+builds an M^3 x D tensor.
+
+Official values (agedb-dir/train_supremix.py unless named; ours in brackets where different):
+  :46 / :123 resnet50 (from scratch);  :56 batch 128;  :52 100 epochs;  :49, :51, :127 Adam lr 1e-3
+  without weight decay (`--weight_decay` only reaches SGD);  :55 + utils.py:81-86 lr x0.1 from
+  epoch 80;  :112 drop_last=True (12,208 // 128 = 95 steps an epoch);  :32 tau 0.5;  :35 dim 128;
+  :38 + :206-207 `--beta 0` = Beta(2, 8);  :39 n = 5;  :30-31 distance magnifying 'L1_inv';
+  resnet.py:147, :169-184 projection Linear(2048, 2048)-BN-ReLU-Linear(2048, 128)-BN, then L2
+  (`proj_batch_norm=True`);  datasets.py:32-53 two views of RandomResizedCrop(224, scale=(0.2, 1)),
+  HFlip, ColorJitter(0.4, 0.4, 0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2, Normalize(0.5, 0.5).
+Not reproduced:
+  * :268 mixed precision (torch autocast, float16) [float32].
+  * Stage 2 (train_linear.py): Linear(2048, 1) on the frozen backbone features (resnet.py:152-153)
+    trained with MSE (:60) by Adam lr 0.1 (:59, :61), batch 16 (:66), 100 epochs (:62), x0.1 at
+    epochs 60 and 80 (:65), on un-augmented images (split 'train_linear' falls to the evaluation
+    transform, datasets.py:62-67), keeping the epoch with the lowest validation MSE (:223) [the
+    closed-form ridge probe on the same frozen 2048-d features, squared loss: no second stage].
+  * The official stage 1 has no validation and stage 2 loads the last encoder (train_linear.py:167)
+    [the encoder checkpoint, every 10 epochs, with the lowest validation MAE of the ridge probe;
+    `--config.eval_every=9500` scores only the last].
+  * Images are Resize((224, 224))-stretched before cropping / for evaluation [centre crop to the
+    aspect ratio, then 224 x 224].
+The paper's appendix is not in our copy (shared/papers has a summary only), so these values are the
+official code's defaults and README command (`python train_supremix.py --contrastive_method
+supremix`), not cross-checked against the paper's text.
 """
 
+import ml_collections
+
+from contrastive_jax.train.defaults import DIR_TRAIN_SIZES
 from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import rnc_agedb_recipe
+from contrastive_jax.train.defaults import dir_benchmark
 
 VARIANTS = ("digits_angle", "diabetes", "agedb")
 
@@ -25,12 +55,37 @@ def get_config(variant: str = "digits_angle"):
                      f"of {VARIANTS}.")
   config = base_config(variant if variant in ("digits_angle", "diabetes") else "digits_angle")
   config.method = "supremix"
-  config.loss.contrastive.temperature = 0.5  # Official default tau = 0.5.
-  config.loss.contrastive.window = 5.0       # Hard-positive label window n = 5 (label units).
-  config.loss.contrastive.beta = (2.0, 8.0)  # alpha ~ Beta(2, 8) for hard negatives (official).
+  config.loss.contrastive.temperature = 0.5  # Official default tau = 0.5 (train_supremix.py:32).
+  config.loss.contrastive.window = 5.0       # Hard-positive label window n = 5 (label units, :39).
+  config.loss.contrastive.beta = (2.0, 8.0)  # alpha ~ Beta(2, 8) for hard negatives (:206-207).
   config.loss.gamma_con = 0.1                # Both terms of similar size after the first epoch.
   if variant == "agedb":
-    rnc_agedb_recipe(config)                     # the RNC AgeDB pipeline the official code reuses
-    config.model.proj_dim = 128              # 128-d embedding (official `--feat_dim`)
+    # Data: AgeDB-DIR (balanced split), 224 x 224, Normalize(0.5, 0.5), from dir_benchmark.
+    dir_benchmark(config, "agedb", split_mode="balanced")
+    # Two SimCLR-style views without blur (datasets.py:43-53, 'train_cl').
+    config.data.augment_kind = "simclr"
+    config.data.augment = ml_collections.ConfigDict(dict(scale=(0.2, 1.0), blur_prob=0.0))
+    config.data.views = 2
+    # Model: ResNet-50 (from dir_benchmark) + BN projector to a 128-d unit embedding.
+    config.model.proj_dim = 128              # `--dim 128`
+    config.model.proj_batch_norm = True      # Linear-BN-ReLU-Linear-BN (resnet.py:169-184)
     config.loss.features = "projection"      # the loss sees the L2-normalised 128-d projection
+    # Optimiser and schedule: Adam lr 1e-3, no weight decay, x0.1 at epoch 80 of 100.
+    config.batch_size = 128                  # `--batch_size 128`
+    config.optim.name = "adam"
+    config.optim.lr = 1e-3
+    config.optim.weight_decay = 0.0
+    config.optim.schedule = "step"
+    config.optim.decay_boundaries = (80 / 100,)
+    config.optim.decay_factor = 0.1
+    config.optim.warmup_steps = 0
+    steps_per_epoch = DIR_TRAIN_SIZES["agedb"] // config.batch_size  # 95 (drop_last=True)
+    config.num_train_steps = 100 * steps_per_epoch                   # `--epoch 100`
+    config.eval_every = 10 * steps_per_epoch
+    config.checkpoint_every = 10 * steps_per_epoch
+    # Two stages: the encoder by L_SupReMix alone, then a linear regressor on the frozen backbone
+    # features (train_linear.py), here the ridge probe.
+    config.loss.gamma_reg = 0.0
+    config.loss.gamma_con = 1.0
+    config.eval_with = "ridge"
   return config

@@ -84,6 +84,21 @@ def _configure_logging() -> None:
     ours.addHandler(handler)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with an override of a field the config lacks (which ml_collections reports
+  as a bare KeyError / AttributeError traceback) turned into one ``error:`` line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(e.args[0], Exception):
+      e = e.args[0]  # AttributeError(KeyError(message)): the message
+    detail = " ".join(str(e.args[0] if e.args else e).split())
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"error: a config override names a field the config does not have: {detail} "
+             f"(overrides given: {', '.join(overrides)}). The fields are those of the config file "
+             "and of contrastive_jax/train/defaults.py.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -104,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -176,6 +176,16 @@ def rnc_ref(features, labels, temperature=2.0):
   m = z.shape[0]
   s = np.array([[-np.linalg.norm(z[i] - z[j]) / temperature for j in range(m)] for i in range(m)])
   d = np.array([[np.sum(np.abs(yr[i] - yr[j])) for j in range(m)] for i in range(m)])
+  return rnc_from_matrices_ref(s, d)
+
+
+def rnc_from_matrices_ref(s, d):
+  """Rank-N-Contrast from its similarities ``s [M, M]`` and label distances ``d [M, M]``:
+
+  L = -(1/(M(M-1))) sum_i sum_{j != i} log[exp(s_ij) / sum_{k != i, d_ik >= d_ij} exp(s_ik)].
+  ``d`` is compared as given (its dtype sets which distances tie).
+  """
+  m = s.shape[0]
   total = 0.0
   for i in range(m):
     for j in range(m):

@@ -18,6 +18,7 @@ import pytest
 from inputs import make_features
 import references_comparators as R
 import sharded_harness
+import test_losses as loss_inputs
 from contrastive_jax.losses.conr import conr
 from contrastive_jax.losses.metric_learning import adaptive_triplet
 from contrastive_jax.losses.metric_learning import npair
@@ -43,25 +44,17 @@ representatives_j = jax.jit(ranksim_representatives, static_argnames=('views',))
 
 
 def make_labels(seed, batch, kind):
+  """float32 ``[batch]`` labels: ``test_losses.make_labels``' kinds, but 'ties' on {0, .., 3} (so that
+  |dy| hits the window boundaries), plus 'spread'."""
   rng = np.random.default_rng(seed + 1000)
   if kind == 'ties':  # small integer set: exact ties, |dy| == window boundaries
     y = rng.integers(0, 4, size=batch)
     y[:2] = [0, 3]
-  elif kind == 'continuous':
-    y = rng.uniform(-3.0, 3.0, size=batch)
-  elif kind == 'unique':
-    y = rng.permutation(batch) + 0.25
   elif kind == 'spread':  # distinct labels 2.5 apart (no positive within window 1 across samples)
     y = 2.5 * rng.permutation(batch)
     y[-1] = y[0]  # one tie
-  elif kind == 'mixed':
-    half = batch // 2
-    y = np.concatenate([np.arange(half) % 2, 10.0 + np.arange(batch - half)])
-    y = y[rng.permutation(batch)]
-  elif kind == 'same':
-    y = np.full(batch, 1.5)
-  else:
-    raise ValueError(kind)
+  else:  # 'continuous', 'unique', 'mixed', 'same'
+    return loss_inputs.make_labels(seed, batch, kind)
   return np.asarray(y, np.float32)
 
 
@@ -374,33 +367,19 @@ def _jitted(name, temperature=None):
 LOSS_NAMES = ['conr', 'conr_official', 'ranksim', 'npair', 'triplet_all', 'triplet_hard_euclidean']
 
 
-def _extreme_features(kind):
-  base = make_features(70, 8, 2, 8, 'unit')
-  if kind == 'identical':
-    return np.broadcast_to(base[:1, :1], base.shape).copy()
-  if kind == 'norm_1e4':
-    return base * np.float32(1e4)
-  if kind == 'zeros':
-    return np.zeros_like(base)
-  if kind == 'one_zero_row':
-    out = base.copy()
-    out[2, 1] = 0.0
-    return out
-  return base
-
-
 @pytest.mark.parametrize('kind', ['temperature_0.01', 'identical', 'norm_1e4', 'zeros', 'one_zero_row'])
 @pytest.mark.parametrize('name', LOSS_NAMES)
 def test_finite_for_extreme_inputs(name, kind):
   temperature = 0.01 if kind == 'temperature_0.01' and name == 'conr' else None
-  value, grad = _jitted(name, temperature)(_extreme_features(kind), _EXTREME_Y, _EXTREME_P)
+  features = loss_inputs.extreme_features(kind)
+  value, grad = _jitted(name, temperature)(features, _EXTREME_Y, _EXTREME_P)
   assert np.isfinite(float(value)), (name, kind, value)
   assert np.all(np.isfinite(np.asarray(grad))), (name, kind)
 
 
 def test_conr_identical_features_closed_form():
   """All cosines 1: the reference value (denominators of equal logits) at temperature 0.01."""
-  f = _extreme_features('identical')
+  f = loss_inputs.extreme_features('identical')
   value, _ = _jitted('conr', 0.01)(f, _EXTREME_Y, _EXTREME_P)
   np.testing.assert_allclose(float(value), R.conr_ref(f, _EXTREME_Y, _EXTREME_P, temperature=0.01),
                              rtol=1e-5)

@@ -107,3 +107,19 @@ def test_empty_split(tmp_path):
   splits = ["train"] * 32 + ["val"] * 8  # no test rows
   csv, _ = _dataset(tmp_path, splits=splits)
   _assert_clean_error(_launch(tmp_path, csv), "test")
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("--config.num_train_stepz=2", ("num_train_stepz", 'Did you mean "num_train_steps"')),
+    ("--config.loss.contrastive.impl=ring", ("'impl'", "--config.loss.contrastive.impl")),
+])
+def test_override_of_a_missing_config_field(tmp_path, override, needles):
+  """``--config.<field>`` naming no field: one error line (ml_collections raises a bare KeyError
+  while absl parses the flags, before any data is read)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch", "--config=configs/simclr.py", override,
+       f"--workdir={tmp_path / 'run'}"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  _assert_clean_error(proc, *needles)
+  assert not (tmp_path / "run").exists()

@@ -379,7 +379,8 @@ LOSS_NAMES = list(_loss_fns())
 COSINE_LOSSES = ['simclr', 'supcon', 'adacon', 'accon', 'accon_bins']
 
 
-def _extreme_features(kind):
+def extreme_features(kind):
+  """float32 ``[8, 2, 8]`` features for the finiteness tests (also used by test_comparator_losses)."""
   base = make_features(70, 8, 2, 8, 'unit')
   if kind == 'temperature_0.01':
     return base
@@ -407,7 +408,7 @@ EXTREME = ['temperature_0.01', 'identical', 'norm_1e4', 'norm_1e-6', 'zeros', 'o
 def test_finite_for_extreme_inputs(name, kind):
   temperature = 0.01 if kind == 'temperature_0.01' else None
   fn = _loss_fns(temperature)[name]
-  f = jnp.asarray(_extreme_features(kind))
+  f = jnp.asarray(extreme_features(kind))
   y = jnp.asarray(EXTREME_LABELS)
   value, grad = jax.jit(jax.value_and_grad(fn))(f, y)
   assert np.isfinite(float(value)), (name, kind, value)
@@ -417,7 +418,7 @@ def test_finite_for_extreme_inputs(name, kind):
 @pytest.mark.parametrize('name', ['simclr', 'supcon', 'adacon', 'accon'])
 def test_cosine_losses_identical_features_values(name):
   """All rows identical: every cosine is 1 and the loss has a closed form through the reference."""
-  f = _extreme_features('identical')
+  f = extreme_features('identical')
   y = EXTREME_LABELS
   fn = _loss_fns()[name]
   expected = {

@@ -276,3 +276,25 @@ def test_bad_labels_raise_clear_errors(tmp_path, monkeypatch, method, dataset, m
   config.batch_size = 32
   with pytest.raises(ValueError, match=message):
     train_and_evaluate(config, str(tmp_path))
+
+
+def test_config_identity_tolerates_schedule_and_added_fields():
+  """Resuming compares ``config_identity``: the pairwise schedule (``loss.impl`` / ``loss.tile``)
+  may change; a field added later holding its earlier-runs value matches a checkpoint without it;
+  anything that changes the computation is reported."""
+  from contrastive_jax.train.loop import config_differences  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train.loop import config_identity  # pylint: disable=g-import-not-at-top
+  config = kill_config()
+  saved = config_identity(config)
+  for section, name in (("loss", "impl"), ("loss", "tile"), ("loss", "matmul_dtype"),
+                        ("optim", "exclude_bias_and_norm"), ("data", "normalize")):
+    saved[section].pop(name, None)  # as written before these fields existed
+  moved = config.copy_and_resolve_references()
+  moved.loss.impl, moved.loss.tile = "ring", (64, 128)
+  assert config_differences(saved, config_identity(moved)) == []
+  changed = config.copy_and_resolve_references()
+  changed.loss.matmul_dtype = "bfloat16"
+  changed.optim.exclude_bias_and_norm = True
+  assert config_differences(saved, config_identity(changed)) == [
+      "loss.matmul_dtype: checkpoint '<missing>' vs now 'bfloat16'",
+      "optim.exclude_bias_and_norm: checkpoint '<missing>' vs now True"]

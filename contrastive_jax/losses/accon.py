@@ -111,8 +111,9 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
     base_temperature: ``official=True`` only: the loss is scaled by ``tau / tau_base``; defaults to
       ``temperature`` as in the official training script.
     axis_name: mesh axis when called per shard inside ``shard_map``.
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
-      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
+      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``).
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
@@ -134,6 +135,7 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
   _checks.check_positive(base_temperature, "base_temperature")
   pair_fn = functools.partial(_official_pairs, binned, block.matmul_dtype)
   stats = pairwise.row_statistics(pair_fn, _OFFICIAL_KINDS, params, rows.anchors, rows.columns,
-                                  anchor_y, column_y, rows.row_offset, block=block)
+                                  anchor_y, column_y, rows.row_offset, block=block,
+      axis_name=axis_name)
   per_anchor = _official_per_anchor(*stats, epsilon)
   return -(temperature / base_temperature) * pairwise.global_mean(per_anchor, axis_name)

@@ -83,8 +83,9 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
     temperature: ``1 / s``; the paper's s = 150. A callable gives each pair's temperature from its
       stop-gradient cosine similarity (e.g. a DySTreSS profile, ``dystress_temperature``).
     axis_name: mesh axis when called per shard inside ``shard_map``.
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
-      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
+      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``).
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")

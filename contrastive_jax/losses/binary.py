@@ -136,8 +136,9 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
       loss: 1) or ``'nce'`` for ``T_n / T_p = (M - V)/(V - 1)`` (``2N - 2`` with two views,
       Eq. 4.10).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
-      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
+      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``).
 
   Returns:
     The scalar loss (float32, or float64 for float64 inputs under x64).
@@ -150,7 +151,8 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
   (summed,) = pairwise.row_statistics(
       functools.partial(_bcl_pairs, block.matmul_dtype), ("sum",),
       {"temperature": temperature, "nu": nu}, rows.anchors, rows.columns, rows.anchor_sample,
-      rows.column_sample, rows.row_offset, block=block)
+      rows.column_sample, rows.row_offset, block=block,
+      axis_name=axis_name)
   # 1/M here, the other 1/M in global_mean
   return pairwise.global_mean(summed / rows.columns.shape[0], axis_name)
 
@@ -195,7 +197,8 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
   bcl_sum, *contr_stats = pairwise.row_statistics(
       functools.partial(_combo_pairs, block.matmul_dtype, bool(normalize_contr)),
       ("sum",) + SOFTMAX_KINDS, params, rows.anchors, rows.columns, rows.anchor_sample,
-      rows.column_sample, rows.row_offset, block=block)
+      rows.column_sample, rows.row_offset, block=block,
+      axis_name=axis_name)
   bcl = pairwise.global_mean(bcl_sum / rows.columns.shape[0], axis_name)
   contr = -pairwise.global_mean(mean_log_prob(*contr_stats), axis_name)
   return bcl + contr_weight * contr

@@ -154,8 +154,9 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
     grad_through_temperature: False (default, the author's code): ``tau`` from stop-gradient
       similarities; True: differentiate through ``tau(c)`` as well.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
-      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
+      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``).
 
   Returns:
     The scalar loss, the mean over all anchors of the global batch.

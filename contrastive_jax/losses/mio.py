@@ -83,8 +83,9 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
       positive-pair repulsion ``R_pp``) or 3 (MIOv3, the proposed loss: ``ln(1 + e^x)`` of the
       negatives replaced by its upper bound ``e^x``, Eq. 5.19).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
-      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
+      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``).
 
   Returns:
     The scalar loss.
@@ -101,7 +102,8 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
   pos, neg = pairwise.row_statistics(
       functools.partial(_mio_pairs, version, block.matmul_dtype),
       ("sum", "lse" if version == 3 else "sum"), {"temperature": temperature}, rows.anchors,
-      rows.columns, rows.anchor_sample, rows.column_sample, rows.row_offset, block=block)
+      rows.columns, rows.anchor_sample, rows.column_sample, rows.row_offset, block=block,
+      axis_name=axis_name)
   pos = pos / (views - 1)
   if version == 3:
     neg = capped_exp(neg - math.log(total - views))

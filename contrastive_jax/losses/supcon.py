@@ -53,7 +53,7 @@ def softmax_loss(logits_fn, params, rows: pairwise.Rows, anchor_aux, column_aux,
   dense or blockwise (``block``); ``logits_fn`` as in :func:`softmax_pair_fn`."""
   stats = pairwise.row_statistics(softmax_pair_fn(logits_fn), SOFTMAX_KINDS, params, rows.anchors,
                                   rows.columns, anchor_aux, column_aux, rows.row_offset,
-                                  block=block)
+                                  block=block, axis_name=axis_name)
   return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
 
 
@@ -123,8 +123,9 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
       cosine similarity (see :func:`pair_temperature`; then ``base_temperature=None``).
     base_temperature: ``tau_base``; the loss is scaled by ``tau / tau_base``.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'auto'), blockwise tile
-      shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
+      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``).
 
   Returns:
     The float32 scalar loss, the mean over all anchors of the global batch.

@@ -67,8 +67,8 @@ def _to_plain(value: Any) -> Any:
   return value
 
 
-def build_model(model_config: Any,
-                axis_name: str | None = None) -> ContrastiveRegressor:
+def build_model(model_config: Any, axis_name: str | None = None,
+                input_normalization: tuple | None = None) -> ContrastiveRegressor:
   """Builds a ContrastiveRegressor from ``config.model``-style fields.
 
   Args:
@@ -76,6 +76,8 @@ def build_model(model_config: Any,
       ``encoder_kwargs``, ``proj_hidden_dim``, ``proj_dim``, ``regress_from``,
       ``head_bias``, ``proj_batch_norm`` and optionally ``dtype`` ('float32' or 'bfloat16').
     axis_name: mesh axis for synchronised BatchNorm (``encoder.bn_axis_name``).
+    input_normalization: ``(mean, std)`` per channel applied to the inputs inside the model
+      (``data.normalization.input_normalization`` of ``config.data.normalize``); None: none.
 
   Returns:
     An unbound ContrastiveRegressor.
@@ -99,6 +101,8 @@ def build_model(model_config: Any,
       head_bias=_get(model_config, 'head_bias', True),
       proj_batch_norm=bool(_get(model_config, 'proj_batch_norm', False)),
       bn_axis_name=axis_name,
+      input_mean=tuple(input_normalization[0]) if input_normalization else None,
+      input_std=tuple(input_normalization[1]) if input_normalization else None,
   )
 
 

@@ -32,6 +32,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from contrastive_jax.models.resnet import conv_and_norm
+from contrastive_jax.models.resnet import pooled_output
+
 ModuleDef = Any
 
 # (expand_ratio, kernel, stride, in_channels, out_channels, num_blocks) of EfficientNet-B0
@@ -161,10 +164,7 @@ class EfficientNet(nn.Module):
     if self.width_mult <= 0 or self.depth_mult <= 0:
       raise ValueError(f'width_mult={self.width_mult}, depth_mult={self.depth_mult}: both must '
                        'be > 0.')
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype)
+    conv, norm = conv_and_norm(self, train)
     stages = stage_config(self.width_mult, self.depth_mult)
     total_blocks = sum(stage[-1] for stage in stages)
 
@@ -180,16 +180,12 @@ class EfficientNet(nn.Module):
         block_id += 1
     x = conv(4 * stages[-1][4], (1, 1), padding='VALID', name='head_conv')(x)
     x = nn.silu(norm(name='head_bn')(x))
-    if not self.global_pool:
-      if self.num_classes is not None:
-        raise ValueError('num_classes needs global_pool=True (the classifier acts on pooled '
-                         'features).')
-      return x
-    x = jnp.mean(x, axis=(1, 2))
-    if self.num_classes is not None:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0.0)(x)
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
-    return x
+
+    def classifier(h):
+      h = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0.0)(h)
+      return nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(h)
+
+    return pooled_output(self, x, axes=(1, 2), classifier=classifier)
 
 
 EfficientNetB0 = functools.partial(EfficientNet, width_mult=1.0, depth_mult=1.0)

@@ -211,6 +211,16 @@ def _check_patches(patches: jax.Array) -> None:
     raise ValueError(f'patches must have shape [batch, {NUM_PATCHES}, h, w, c], got {patches.shape}.')
 
 
+def _aggregated_branches(net: nn.Module, patches: jax.Array, train: bool) -> jax.Array:
+  """``net``'s :class:`JigsawBranches` (submodule ``branches``, built from ``net``'s
+  ``branch_features``, ``use_bn``, ``kernel_init``, ``dtype`` and ``branch_conv_impl``) on ``patches``,
+  concatenated along channels (:func:`concat_branches`). Call it inside ``net``'s compact method."""
+  return concat_branches(JigsawBranches(net.branch_features, use_bn=net.use_bn,
+                                        kernel_init=net.kernel_init, dtype=net.dtype,
+                                        conv_impl=net.branch_conv_impl,
+                                        name='branches')(patches, train))
+
+
 class SSLACLNet(nn.Module):
   """SSLACL pretext network (Fig. 3.4): ``patches [B, 9, h, w, c] -> logits [B, num_classes]``."""
   num_classes: int
@@ -228,10 +238,7 @@ class SSLACLNet(nn.Module):
     _check_patches(patches)
     conv = lambda f, s=1, name=None: ConvBN(f, 3, s, self.use_bn, train, self.kernel_init, self.dtype,
                                             name=name)
-    x = concat_branches(JigsawBranches(self.branch_features, use_bn=self.use_bn,
-                                       kernel_init=self.kernel_init, dtype=self.dtype,
-                                       conv_impl=self.branch_conv_impl,
-                                       name='branches')(patches, train))
+    x = _aggregated_branches(self, patches, train)
     x = conv(self.fusion_features, name='fusion')(x)
     a = conv(self.bottleneck_features, name='bottleneck_a0')(x)
     a = conv(self.bottleneck_features, 2, name='bottleneck_a1')(a)
@@ -315,10 +322,7 @@ class SKIDTrunk(nn.Module):
     _check_patches(patches)
     self._check_widths()
     kw = dict(use_bn=self.use_bn, train=train, kernel_init=self.kernel_init, dtype=self.dtype)
-    x = concat_branches(JigsawBranches(self.branch_features, use_bn=self.use_bn,
-                                       kernel_init=self.kernel_init, dtype=self.dtype,
-                                       conv_impl=self.branch_conv_impl,
-                                       name='branches')(patches, train))
+    x = _aggregated_branches(self, patches, train)
     x = ConvBN(self.reduce_features, 1, name='reduce', **kw)(x)
     for i, (skip, dimred) in enumerate(((self.skip1, self.dimred1), (self.skip2, self.dimred2))):
       if self.no_blocks:

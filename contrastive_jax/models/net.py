@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
+from contrastive_jax.data.normalization import normalize
 from contrastive_jax.models.heads import LinearHead
 from contrastive_jax.models.heads import ProjectionHead
 
@@ -22,6 +23,10 @@ class ContrastiveRegressor(nn.Module):
     head_bias: whether the backbone regression head has a bias.
     proj_batch_norm: the thesis' BatchNorm projector (see ``ProjectionHead``).
     bn_axis_name: mesh axis for the projector's synchronised BatchNorm.
+    input_mean, input_std: per-channel input statistics (``config.data.normalize``): the encoder
+      sees ``(x - input_mean) / input_std``. Applied here, in every forward pass (training,
+      evaluation, probes, ``init``), so train and eval inputs are normalised identically. None:
+      inputs unchanged.
   """
   encoder: nn.Module
   proj_hidden_dim: int | None = None
@@ -30,6 +35,8 @@ class ContrastiveRegressor(nn.Module):
   head_bias: bool = True
   proj_batch_norm: bool = False
   bn_axis_name: str | None = None
+  input_mean: tuple[float, ...] | None = None
+  input_std: tuple[float, ...] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool) -> dict:
@@ -40,6 +47,8 @@ class ContrastiveRegressor(nn.Module):
     if self.regress_from not in REGRESS_FROM:
       raise ValueError(f'Unknown regress_from={self.regress_from!r}; '
                        f'expected one of {REGRESS_FROM}.')
+    if self.input_mean is not None:
+      x = normalize(x, self.input_mean, self.input_std)
     embedding = self.encoder(x, train=train).astype(jnp.float32)
     projection = ProjectionHead(self.proj_hidden_dim, self.proj_dim, self.proj_batch_norm,
                                 self.bn_axis_name, name='projector')(embedding, train=train)

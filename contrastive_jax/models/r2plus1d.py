@@ -22,6 +22,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from contrastive_jax.models.resnet import conv_and_norm
+from contrastive_jax.models.resnet import pooled_output
+
 ModuleDef = Any
 
 
@@ -118,10 +121,7 @@ class R2Plus1D(nn.Module):
     """Maps videos [N, T, H, W, C] to pooled features (or logits / a feature map)."""
     if x.ndim != 5:
       raise ValueError(f'R2Plus1D expects videos [N, T, H, W, C]; got x.shape={x.shape}.')
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype)
+    conv, norm = conv_and_norm(self, train)
     x = x.astype(self.dtype)
     x = conv(self.stem_mid, (1, 7, 7), (1, 2, 2), padding=[(0, 0), (3, 3), (3, 3)],
              name='stem_spatial')(x)
@@ -134,15 +134,7 @@ class R2Plus1D(nn.Module):
         x = VideoBasicBlock(self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1,
                             conv=conv, norm=norm, zero_init_residual=self.zero_init_residual,
                             name=f'layer{i + 1}_{j}')(x)
-    if not self.global_pool:
-      if self.num_classes is not None:
-        raise ValueError('num_classes needs global_pool=True (the classifier acts on pooled '
-                         'features).')
-      return x
-    x = jnp.mean(x, axis=(1, 2, 3))
-    if self.num_classes is not None:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-    return x
+    return pooled_output(self, x, axes=(1, 2, 3))
 
 
 R2Plus1D18 = functools.partial(R2Plus1D, stage_sizes=(2, 2, 2, 2))

@@ -36,7 +36,30 @@ def _pad(kernel: int, dilation: int = 1) -> list[tuple[int, int]]:
   return [(p, p), (p, p)]
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+  """Attributes and projection shortcut shared by ``BasicBlock`` and ``Bottleneck`` (attributes
+  documented on ``BasicBlock``)."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  strides: tuple[int, int] = (1, 1)
+  dilation: int = 1
+  first_dilation: int | None = None
+  zero_init_residual: bool = True
+
+  @nn.nowrap
+  def _add_shortcut(self, residual, y):
+    """``act(shortcut(residual) + y)``; the shortcut is a strided 1x1 conv + BatchNorm projection
+    (``conv_proj``, ``norm_proj``) when the residual branch changes the shape, else the identity."""
+    if residual.shape != y.shape:
+      residual = self.conv(y.shape[-1], (1, 1), self.strides, padding='VALID',
+                           name='conv_proj')(residual)
+      residual = self.norm(name='norm_proj')(residual)
+    return self.act(residual + y)
+
+
+class BasicBlock(_ResidualBlock):
   """Two 3x3 convs with a residual connection (ResNet-18/34 block).
 
   Attributes:
@@ -51,14 +74,6 @@ class BasicBlock(nn.Module):
     zero_init_residual: start the last BatchNorm at zero scale (Goyal et al. 2017).
   """
   expansion: ClassVar[int] = 1
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  strides: tuple[int, int] = (1, 1)
-  dilation: int = 1
-  first_dilation: int | None = None
-  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -71,28 +86,16 @@ class BasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), padding=_pad(3, self.dilation),
                   kernel_dilation=(self.dilation, self.dilation))(y)
     y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), self.strides, padding='VALID',
-                           name='conv_proj')(residual)
-      residual = self.norm(name='norm_proj')(residual)
-    return self.act(residual + y)
+    return self._add_shortcut(residual, y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """1x1 reduce -> 3x3 (strided, dilated) -> 1x1 expand (x4), residual (ResNet-50/101 block).
 
   Attributes: as ``BasicBlock``; ``filters`` is the width of the 3x3 conv, the block outputs
   ``4 * filters`` channels.
   """
   expansion: ClassVar[int] = 4
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable = nn.relu
-  strides: tuple[int, int] = (1, 1)
-  dilation: int = 1
-  first_dilation: int | None = None
-  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -105,15 +108,44 @@ class Bottleneck(nn.Module):
     y = self.act(self.norm()(y))
     y = self.conv(self.filters * 4, (1, 1), padding='VALID')(y)
     y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters * 4, (1, 1), self.strides,
-                           padding='VALID', name='conv_proj')(residual)
-      residual = self.norm(name='norm_proj')(residual)
-    return self.act(residual + y)
+    return self._add_shortcut(residual, y)
 
 
 def _last_scale_init(zero: bool):
   return nn.initializers.zeros_init() if zero else nn.initializers.ones_init()
+
+
+def conv_and_norm(encoder: nn.Module, train: bool) -> tuple[ModuleDef, ModuleDef]:
+  """The ``nn.Conv`` (no bias) and ``nn.BatchNorm`` partials of the torchvision-layout encoders
+  (``ResNet``, ``EfficientNet``, ``R2Plus1D``), set from ``encoder``'s ``dtype``, ``bn_momentum``,
+  ``bn_epsilon`` and ``bn_axis_name``; BatchNorm uses its running statistics unless ``train``."""
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=encoder.dtype)
+  norm = functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=encoder.bn_momentum,
+      epsilon=encoder.bn_epsilon, axis_name=encoder.bn_axis_name, dtype=encoder.dtype)
+  return conv, norm
+
+
+def pooled_output(encoder: nn.Module, x, axes: tuple[int, ...],
+                  classifier: Callable | None = None):
+  """The output of a torchvision-layout encoder from its last feature map ``x``.
+
+  With ``encoder.global_pool`` the mean of ``x`` over ``axes``, mapped to logits when
+  ``encoder.num_classes`` is set by ``classifier`` (default: a Dense ``fc`` of ``num_classes`` units
+  in ``encoder.dtype``, torchvision's ``fc``); without it ``x`` itself (no classifier allowed). Call
+  it inside the encoder's compact ``__call__``: the classifier's parameters belong to ``encoder``.
+  """
+  if not encoder.global_pool:
+    if encoder.num_classes is not None:
+      raise ValueError('num_classes needs global_pool=True (the classifier acts on pooled '
+                       'features).')
+    return x
+  x = jnp.mean(x, axis=axes)
+  if encoder.num_classes is None:
+    return x
+  if classifier is None:
+    return nn.Dense(encoder.num_classes, dtype=encoder.dtype, name='fc')(x)
+  return classifier(x)
 
 
 class ResNet(nn.Module):
@@ -174,10 +206,7 @@ class ResNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f'ResNet expects NHWC images [N, H, W, C]; got x.shape={x.shape}.')
     flags = self._dilation_flags()
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype)
+    conv, norm = conv_and_norm(self, train)
 
     x = x.astype(self.dtype)
     if self.stem == 'cifar':
@@ -202,15 +231,7 @@ class ResNet(nn.Module):
             dilation=dilation, first_dilation=previous_dilation if j == 0 else dilation,
             conv=conv, norm=norm, act=self.act,
             zero_init_residual=self.zero_init_residual)(x)
-    if not self.global_pool:
-      if self.num_classes is not None:
-        raise ValueError('num_classes needs global_pool=True (the classifier acts on pooled '
-                         'features).')
-      return x
-    x = jnp.mean(x, axis=(1, 2))
-    if self.num_classes is not None:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-    return x
+    return pooled_output(self, x, axes=(1, 2))
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

@@ -199,6 +199,17 @@ def _check_model(model: Any, cls: type, fn: str) -> None:
                      f'wrapper); got {type(model).__name__}.')
 
 
+def _prepare(state_dict: Mapping[str, Any], model: Any, cls: type, fn: str, stem_key: str,
+             spatial: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict]:
+  """The converters' common start: checks that ``model`` is a ``cls`` (``fn`` names the converter in
+  the error) and returns the ``_normalise``d state dict and ``model``'s variable template for an
+  input of ``spatial`` size with the checkpoint's input channels (those of its stem conv
+  ``stem_key``; 3 when absent)."""
+  _check_model(model, cls, fn)
+  sd = _normalise(state_dict)
+  return sd, _template(model, (1, *spatial, _in_channels(sd, stem_key)))
+
+
 def convert_resnet(state_dict: Mapping[str, Any], model: ResNet) -> dict:
   """torchvision / timm ResNet state dict -> ``{'params', 'batch_stats'}`` for ``model``.
 
@@ -213,8 +224,7 @@ def convert_resnet(state_dict: Mapping[str, Any], model: ResNet) -> dict:
   Raises:
     ValueError: listing missing, unexpected and mis-shaped keys.
   """
-  _check_model(model, ResNet, 'convert_resnet')
-  sd = _normalise(state_dict)
+  sd, template = _prepare(state_dict, model, ResNet, 'convert_resnet', 'conv1.weight', (32, 32))
   block_stage = [(i, j) for i, n in enumerate(model.stage_sizes) for j in range(n)]
 
   def prefix(path: tuple[str, ...]) -> str:
@@ -230,7 +240,6 @@ def convert_resnet(state_dict: Mapping[str, Any], model: ResNet) -> dict:
       sub = f'{"conv" if kind == "Conv" else "bn"}{int(n) + 1}'
     return f'layer{i + 1}.{j}.{sub}'
 
-  template = _template(model, (1, 32, 32, _in_channels(sd, 'conv1.weight')))
   ignored = ('fc.',) if model.num_classes is None else ()
   return _convert(sd, template, prefix, ignored, 'ResNet')
 
@@ -238,19 +247,11 @@ def convert_resnet(state_dict: Mapping[str, Any], model: ResNet) -> dict:
 def convert_efficientnet(state_dict: Mapping[str, Any], model: EfficientNet) -> dict:
   """torchvision ``efficientnet_b*`` state dict -> ``{'params', 'batch_stats'}`` for ``model``.
 
-  Args:
-    state_dict: torch names -> arrays or tensors.
-    model: the target ``EfficientNet`` (``classifier.*`` is ignored when ``num_classes=None``).
-
-  Returns:
-    Flax variables for ``model.apply``.
-
-  Raises:
-    ValueError: listing missing, unexpected and mis-shaped keys.
+  Arguments, result and errors as in :func:`convert_resnet`, with an ``EfficientNet`` target; the
+  checkpoint's ``classifier.*`` is ignored when ``model.num_classes`` is None.
   """
-  _check_model(model, EfficientNet, 'convert_efficientnet')
-  sd = _normalise(state_dict)
-  template = _template(model, (1, 32, 32, _in_channels(sd, 'features.0.0.weight')))
+  sd, template = _prepare(state_dict, model, EfficientNet, 'convert_efficientnet',
+                          'features.0.0.weight', (32, 32))
   params = template['params']
   num_stages = 1 + max(int(re.match(r'stage(\d+)_', k).group(1))
                        for k in params if k.startswith('stage'))
@@ -279,18 +280,11 @@ def convert_efficientnet(state_dict: Mapping[str, Any], model: EfficientNet) -> 
 def convert_r2plus1d(state_dict: Mapping[str, Any], model: R2Plus1D) -> dict:
   """torchvision ``r2plus1d_18`` state dict -> ``{'params', 'batch_stats'}`` for ``model``.
 
-  Args:
-    state_dict: torch names -> arrays or tensors.
-    model: the target ``R2Plus1D`` (``fc.*`` is ignored when ``num_classes=None``).
-
-  Returns:
-    Flax variables for ``model.apply``.
-
-  Raises:
-    ValueError: listing missing, unexpected and mis-shaped keys.
+  Arguments, result and errors as in :func:`convert_resnet`, with an ``R2Plus1D`` target; the
+  checkpoint's ``fc.*`` is ignored when ``model.num_classes`` is None.
   """
-  _check_model(model, R2Plus1D, 'convert_r2plus1d')
-  sd = _normalise(state_dict)
+  sd, template = _prepare(state_dict, model, R2Plus1D, 'convert_r2plus1d', 'stem.0.weight',
+                          (4, 32, 32))
   top = {'stem_spatial': 'stem.0', 'stem_bn1': 'stem.1', 'stem_temporal': 'stem.3',
          'stem_bn2': 'stem.4', 'fc': 'fc'}
   inner = {'spatial': '0.0', 'bn_mid': '0.1', 'temporal': '0.3'}
@@ -305,7 +299,6 @@ def convert_r2plus1d(state_dict: Mapping[str, Any], model: R2Plus1D) -> dict:
       return f'layer{i}.{j}.{block[path[1]]}'
     return f'layer{i}.{j}.{path[1]}.{inner[path[2]]}'
 
-  template = _template(model, (1, 4, 32, 32, _in_channels(sd, 'stem.0.weight')))
   ignored = ('fc.',) if model.num_classes is None else ()
   return _convert(sd, template, prefix, ignored, 'R2Plus1D')
 

@@ -25,6 +25,14 @@ Inside ``jax.shard_map`` the columns are the all-gathered batch and the anchors 
 all-gather stays outside the custom VJP, so its transpose (a reduce-scatter) routes the column
 gradients back to their owners exactly as in the dense sharded mode.
 
+``impl='ring'`` (inside ``shard_map``, given ``axis_name``) replaces that all-gather by a ring of ``P``
+``ppermute`` steps (the Inf-CL schedule, Wang et al. 2024): at step ``s`` a shard streams its anchors
+over the ``[n, d]`` block of shard ``i - s`` in tiles, merges the block's statistics into its running
+ones (``logaddexp`` / sum / max) and passes the block on. The backward pass sends each block around
+the ring again together with the gradient accumulated for it, so after ``P`` steps every block is
+back at its owner holding all shards' contributions. No device ever holds more than two blocks of
+features, instead of all ``M x d``; outside ``shard_map`` ``'ring'`` is ``'blockwise'``.
+
 In blockwise mode gradients flow to ``anchors`` and ``columns`` only: ``params`` (hyperparameters) and
 the per-row / per-column auxiliary arrays (labels, ECDF values, sample ids) are treated as constants.
 """
@@ -39,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = ("lse", "sum", "max")
-IMPLS = ("dense", "blockwise", "auto")
+IMPLS = ("dense", "blockwise", "ring", "auto")
 # Default tiles: (8192, 8192) on accelerators (measured on an H100: 1.3x the dense time at M = 32768,
 # docs/benchmarks.md), smaller on CPU, where the tile's temporaries live in host memory.
 DEFAULT_TILE = (8192, 8192)
@@ -281,8 +289,14 @@ def _blockwise_fwd(pair_fn, kinds, layout, params, anchors, columns, a_aux, c_au
   return stats, (params, anchors, columns, a_aux, c_aux, row_offset, stats)
 
 
-def _blockwise_bwd(pair_fn, kinds, layout, residuals, cotangents):
-  params, anchors, columns, a_aux, c_aux, row_offset, stats = residuals
+def _backward(pair_fn, kinds, layout: _Layout, params, anchors, columns, a_aux, c_aux, row_offset,
+              stats, cotangents):
+  """``(d_anchors, d_columns)`` of the statistics' ``cotangents``, recomputing every tile.
+
+  ``stats`` are the statistics of the anchors' WHOLE rows (for ``'lse'``: the normaliser of the
+  softmax whose probabilities are the tile's cotangents), which may span more columns than
+  ``columns`` (the ring passes one block of them at a time).
+  """
   a, c, aa, ca, local_rows, col_index = _prepare(layout, anchors, columns, a_aux, c_aux)
   padded_stats = _tiles(pad_rows(tuple(stats), layout.row_tile), layout.row_tile)
   padded_cts = _tiles(pad_rows(tuple(cotangents), layout.row_tile, "constant"), layout.row_tile)
@@ -323,6 +337,13 @@ def _blockwise_bwd(pair_fn, kinds, layout, residuals, cotangents):
                                       (a, aa, local_rows, padded_stats, padded_cts))
   d_anchors = d_anchors.reshape((-1,) + anchors.shape[1:])[:layout.num_rows].astype(anchors.dtype)
   d_columns = d_columns.reshape((-1,) + columns.shape[1:])[:layout.num_cols].astype(columns.dtype)
+  return d_anchors, d_columns
+
+
+def _blockwise_bwd(pair_fn, kinds, layout, residuals, cotangents):
+  params, anchors, columns, a_aux, c_aux, row_offset, stats = residuals
+  d_anchors, d_columns = _backward(pair_fn, kinds, layout, params, anchors, columns, a_aux, c_aux,
+                                   row_offset, stats, cotangents)
   return (jax.tree.map(_zero_cotangent, params), d_anchors, d_columns,
           jax.tree.map(_zero_cotangent, a_aux), jax.tree.map(_zero_cotangent, c_aux),
           _zero_cotangent(row_offset))
@@ -331,9 +352,90 @@ def _blockwise_bwd(pair_fn, kinds, layout, residuals, cotangents):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
+# ------------------------------------------------------------------------------------------- ring
+def _merge_stat(kind: str, acc, x):
+  """Combines one statistic over two disjoint column sets (``-inf``-safe for ``'lse'``)."""
+  if kind == "sum":
+    return acc + x
+  if kind == "max":
+    return jnp.maximum(acc, x)
+  return jnp.logaddexp(acc, x)
+
+
+def _ring_shift(x, axis_name, axis_size: int):
+  """Sends every shard's ``x`` to the next shard of the ring (shard ``i`` -> ``i + 1 mod P``)."""
+  perm = [(i, (i + 1) % axis_size) for i in range(axis_size)]
+  return jax.tree.map(lambda leaf: jax.lax.ppermute(leaf, axis_name, perm), x)
+
+
+def _block_offset(row_offset, step, axis_name, axis_size: int, block_rows: int):
+  """``row_offset`` relative to the first column of the block a shard holds at ring ``step``: the
+  block of shard ``(i - step) mod P``, whose first global column is that shard's index times
+  ``block_rows`` (every shard holds equally many rows)."""
+  owner = (jax.lax.axis_index(axis_name) - step) % axis_size
+  return row_offset - owner * block_rows
+
+
+def _ring_forward(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux, row_offset):
+  axes = _varying_axes(params, anchors, a_aux, row_offset)
+
+  def step(carry, s):
+    block, acc = carry
+    upcoming = _ring_shift(block, axis_name, axis_size)  # independent of this step's tiles
+    offset = _block_offset(row_offset, s, axis_name, axis_size, layout.num_rows)
+    stats = _forward(pair_fn, kinds, layout, params, anchors, block[0], a_aux, block[1], offset)
+    acc = tuple(_merge_stat(k, a_, x) for k, a_, x in zip(kinds, acc, stats))
+    return (upcoming, acc), None
+
+  dtype = jnp.promote_types(anchors.dtype, jnp.float32)
+  init = tuple(jnp.full((layout.num_rows,), 0.0 if k == "sum" else -jnp.inf, dtype) for k in kinds)
+  init = jax.tree.map(functools.partial(_like_inputs, axes=axes), init)
+  (_, stats), _ = jax.lax.scan(step, ((anchors, a_aux), init), jnp.arange(axis_size))
+  return stats
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _ring(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux, row_offset):
+  return _ring_forward(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux,
+                       row_offset)
+
+
+def _ring_fwd(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux, row_offset):
+  stats = _ring_forward(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux,
+                        row_offset)
+  return stats, (params, anchors, a_aux, row_offset, stats)
+
+
+def _ring_bwd(pair_fn, kinds, layout, axis_name, axis_size, residuals, cotangents):
+  """Each column block travels once around the ring with the gradient accumulated for it; after
+  ``P`` shifts it is back at its owner, holding every shard's contribution."""
+  params, anchors, a_aux, row_offset, stats = residuals
+  axes = _varying_axes(params, anchors, a_aux, row_offset, cotangents)
+  like_inputs = functools.partial(_like_inputs, axes=axes)
+
+  def step(carry, s):
+    block, d_block, d_anchors = carry
+    offset = _block_offset(row_offset, s, axis_name, axis_size, layout.num_rows)
+    d_a, d_c = _backward(pair_fn, kinds, layout, params, anchors, block[0], a_aux, block[1],
+                         offset, stats, cotangents)
+    upcoming = _ring_shift(block, axis_name, axis_size)
+    d_block = _ring_shift(d_block + d_c, axis_name, axis_size)
+    return (upcoming, d_block, d_anchors + d_a), None
+
+  zeros = like_inputs(jnp.zeros_like(anchors))
+  (_, d_own, d_anchors), _ = jax.lax.scan(step, ((anchors, a_aux), zeros, zeros),
+                                          jnp.arange(axis_size))
+  return (jax.tree.map(_zero_cotangent, params), d_anchors + d_own,
+          jax.tree.map(_zero_cotangent, a_aux), _zero_cotangent(row_offset))
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
+
+
 def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: jax.Array,
                    columns: jax.Array, anchor_aux: Any = (), column_aux: Any = (),
-                   row_offset=0, *, block: Optional[Blocking] = None) -> Tuple[jax.Array, ...]:
+                   row_offset=0, *, block: Optional[Blocking] = None,
+                   axis_name: Optional[str] = None) -> Tuple[jax.Array, ...]:
   """Per-anchor statistics ``[n]`` of the pair matrix defined by ``pair_fn``.
 
   Args:
@@ -348,6 +450,12 @@ def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: 
     anchor_aux, column_aux: pytrees of per-anchor ``[n, ...]`` / per-column ``[N, ...]`` arrays.
     row_offset: global column index of the first anchor (``is_self[i, j] = row_offset + i == j``).
     block: :class:`Blocking` (default :func:`blocking`: ``impl='auto'``, the backend's tiles).
+    axis_name: the ``shard_map`` mesh axis the columns were all-gathered over; used (and needed)
+      by ``impl='ring'`` only, which then streams this shard's own block of columns, the anchors
+      themselves (``columns`` must be ``all_gather(anchors)``, ``column_aux`` that of
+      ``anchor_aux``, and ``row_offset`` the shard index times ``n``), around the ring of shards
+      and never reads ``columns`` (XLA drops the unused all-gather). Without ``axis_name``,
+      ``'ring'`` is ``'blockwise'``.
 
   Returns:
     One ``[n]`` array per statistic.
@@ -358,6 +466,14 @@ def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: 
   num_rows, num_cols = anchors.shape[0], columns.shape[0]
   impl = resolve_impl(block.impl, num_rows, num_cols)
   row_offset = jnp.asarray(row_offset, jnp.int32)
+  if impl == "ring" and axis_name is not None:
+    axis_size = jax.lax.axis_size(axis_name)
+    if num_cols != num_rows * axis_size:
+      raise ValueError(f"impl='ring' needs the columns to be the anchors of all {axis_size} shards "
+                       f"of `{axis_name}` ({num_rows * axis_size} rows); got {num_cols} columns.")
+    side = min(block.row_tile, num_rows), min(block.col_tile, num_rows)
+    return _ring(pair_fn, kinds, _Layout(*side, num_rows, num_rows), axis_name, axis_size, params,
+                 anchors, anchor_aux, row_offset)
   if impl == "dense":
     rows = jnp.arange(num_rows, dtype=jnp.int32) + row_offset
     cols = jnp.arange(num_cols, dtype=jnp.int32)

@@ -28,6 +28,7 @@ from contrastive_jax.evaluate import segmentation
 from contrastive_jax.losses import cowpro as cowpro_losses
 from contrastive_jax.models import cowpro as cowpro_model
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_from import load_init_variables
 from contrastive_jax.train.loop import NonFiniteLossError
 from contrastive_jax.train.loop import config_differences
 from contrastive_jax.train.loop import config_identity
@@ -262,12 +263,20 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = make_optimizer(config.optim, num_steps)
   init_key, episode_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, pseudo.images[:2])
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), int(config.keep_checkpoints))
+  init_from = config.model.get('init_from', '') or ''
+  if init_from and ckpt.latest_step() is None:  # A checkpoint of this workdir wins.
+    try:
+      variables, summary = load_init_variables(init_from, model, variables)
+    except Exception:
+      ckpt.close()
+      raise
+    log.info(summary)
   state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                             batch_stats=variables.get('batch_stats', {}), rng=episode_key)
   log.info('CoWPro model (%s encoder): %s parameters.', config.model.encoder,
            f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
 
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), int(config.keep_checkpoints))
   meta = {'config': config_identity(config), 'history': []}
   if ckpt.latest_step() is not None:
     state, saved = ckpt.restore(state)
@@ -277,6 +286,8 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        + '\n  '.join(differences) + '\nUse a new workdir, or --config.resume=force.')
     meta['history'] = saved.get('history', [])
     log.info('Resumed from step %d of %s.', int(state.step), ckpt.directory)
+    if init_from:
+      log.info('model.init_from=%r is ignored: resuming from the checkpoint.', init_from)
 
   train_step = make_train_step(model, config, schedule)
   predictor = Predictor(model, config)

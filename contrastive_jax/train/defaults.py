@@ -6,6 +6,7 @@ Each ``configs/<method>.py`` starts from :func:`base_config` and sets only what 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import FieldReference
 from ml_collections.config_dict import placeholder
 
 DATASET_VARIANTS = ("digits_angle", "diabetes")
@@ -31,6 +32,13 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   # 'echonet').
   c.data.augment_kind = placeholder(str)
   c.data.root = placeholder(str)   # data folder of a file source, passed as `root=` when set
+  # Per-channel input normalisation (x - mean) / std, applied inside the model after augmentation,
+  # so training and evaluation see the same inputs (regression trainer only): '' = none; 'imagenet'
+  # = mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) for torchvision's ImageNet weights
+  # (3-channel inputs only: grey images raise a ValueError, replicate them with
+  # data.kwargs.channels=3 or give explicit statistics); or explicit (mean, std), each a number or
+  # one value per channel, e.g. ((0.5,), (0.25,)). Any type: a string or a tuple.
+  c.data.normalize = FieldReference("", field_type=object)
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder_kwargs = ml_collections.ConfigDict()
@@ -41,6 +49,12 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.model.regress_from = "backbone"  # AdaCon: regression branch on the backbone features
   c.model.head_bias = True
   c.model.dtype = "float32"
+  # Pretrained start (contrastive_jax/train/init_from.py): '' = random init; a torchvision state
+  # dict (.pth / .pt / .safetensors) = the encoder's params and batch_stats, heads random; a
+  # directory = a previous run's workdir (its latest checkpoint) or its checkpoints/ or best/
+  # directory: encoder copied (must match), heads where path and shape match. Ignored when the
+  # workdir already holds a checkpoint (resuming wins). Regression and CoWPro trainers (not jigsaw).
+  c.model.init_from = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.reg = "l1"                # L_reg in {l1, mse, huber} (AdaCon Eq. 8)
@@ -57,11 +71,22 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.loss.gamma_con = 0.0
   c.loss.features = "projection"   # which model output the contrastive loss sees
   c.loss.contrastive = ml_collections.ConfigDict()
+  # Execution of the pairwise losses that have one (the SupCon family and rnc; see
+  # contrastive_jax/pairwise/blockwise.py): 'auto' | 'dense' | 'blockwise' | 'ring' (inside
+  # shard_map, ppermute instead of all_gather), the blockwise tile (an int or (rows, cols); None:
+  # the backend's default) and the similarity matmul's input dtype (None or 'bfloat16').
+  c.loss.impl = "auto"
+  c.loss.tile = placeholder(tuple)
+  c.loss.matmul_dtype = placeholder(str)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-4
+  # True: no weight decay (nor LARS trust ratio) on biases and norm scales / offsets (SimCLR,
+  # ``optim.decay_mask``); None: the optimizer's convention, True for 'lars', False for sgd / adam
+  # (the papers' torch.optim code decays every parameter).
+  c.optim.exclude_bias_and_norm = placeholder(bool)
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 50
   c.optim.end_factor = 0.0
@@ -136,25 +161,41 @@ def dir_benchmark(config: ml_collections.ConfigDict, dataset: str,
   """Points ``config`` at AgeDB-DIR / IMDB-WIKI-DIR (``data.root``: the folder holding
   ``agedb.csv`` / ``imdb_wiki.csv`` and the images) with the DIR benchmark's recipe (Yang et al.,
   ICML 2021, whose code ACCon, RankSim and ConR build on): ResNet-50 on 224 x 224 faces, random
-  crop (padding 16) + horizontal flip, Adam (lr 1e-3, weight decay 1e-4), batch 256, 90 epochs with
-  the rate x0.1 at epochs 60 and 80, L1 loss. ``split_mode``: 'natural' (ACCon Table 1) or
-  'balanced' (the benchmark's own split, ACCon Table 2).
+  crop (padding 16) + horizontal flip, inputs normalised by mean 0.5 / std 0.5, Adam (lr 1e-3, no
+  weight decay), batch 256, 90 epochs with the rate x0.1 at epochs 60 and 80, L1 loss.
+  ``split_mode``: 'natural' (ACCon Table 1) or 'balanced' (the benchmark's own split, ACCon
+  Table 2).
+
+  Checked against YyzHarry/imbalanced-regression (agedb-dir/ and imdb-wiki-dir/, same values):
+  train.py:52 resnet50, :56 adam, :57 l1, :58 lr 1e-3, :59 90 epochs, :62 schedule [60, 80],
+  :63 batch 256, :65 img_size 224; train.py:163 builds ``Adam(model.parameters(), lr=args.lr)``
+  (``--weight_decay`` 1e-4 only reaches the SGD branch), hence weight decay 0;
+  agedb-dir/datasets.py:40-52 Resize((224, 224)) + RandomCrop(224, padding=16) +
+  RandomHorizontalFlip + Normalize(0.5, 0.5) (evaluation: Resize + Normalize). Not reproduced:
+  the official Resize((224, 224)) stretches each image to a square, our source centre-crops to
+  the aspect ratio first (data/sources/dir_benchmark.py); the official loader keeps the last
+  partial batch (``drop_last=False``, train.py:129: 48 updates an epoch on AgeDB) where we take
+  ``N // batch_size`` full batches an epoch (47).
   """
   if dataset not in DIR_TRAIN_SIZES:
     raise ValueError(f"dataset must be one of {sorted(DIR_TRAIN_SIZES)}, got {dataset!r}.")
   config.data.name = "dir_benchmark"
+  # csv_path: another meta file with the same columns (e.g. ACCon's official agedb_natural.csv
+  # with split_mode='balanced', which reads its split column); None: root/<dataset>.csv.
   config.data.kwargs = ml_collections.ConfigDict(dict(dataset=dataset, split_mode=split_mode,
-                                                      image_size=224, workers=8))
+                                                      image_size=224, workers=8,
+                                                      csv_path=placeholder(str)))
   config.data.augment_kind = "bmd"  # flip + frame shift: RandomCrop(224, padding=16) + HFlip
   config.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, degrees=0.0,
                                                        translate=16 / 224))
+  config.data.normalize = (0.5, 0.5)  # transforms.Normalize([.5, .5, .5], [.5, .5, .5])
   config.model.encoder = "resnet50"
   config.model.encoder_kwargs = ml_collections.ConfigDict(dict(stem="imagenet"))
   config.loss.reg = "l1"
   config.batch_size = 256
   config.optim.name = "adam"
   config.optim.lr = 1e-3
-  config.optim.weight_decay = 1e-4
+  config.optim.weight_decay = 0.0  # torch.optim.Adam(model.parameters(), lr=args.lr): no decay
   config.optim.schedule = "step"
   config.optim.decay_boundaries = (60 / 90, 80 / 90)
   config.optim.decay_factor = 0.1
@@ -170,13 +211,36 @@ def dir_benchmark(config: ml_collections.ConfigDict, dataset: str,
 
 def rnc_agedb_recipe(config: ml_collections.ConfigDict,
                      dataset: str = "agedb") -> ml_collections.ConfigDict:
-  """Rank-N-Contrast's AgeDB-DIR run (Zha et al. 2023; official kaiwenzha/Rank-N-Contrast
-  ``main_rnc.py`` defaults), also the pipeline of SupReMix's official code: :func:`dir_benchmark`
-  data with ResNet-18, SimCLR-style views, SGD lr 0.5 / batch 256 / 400 epochs (cosine), and the
-  two-stage protocol (contrastive loss alone, then a linear regressor on frozen features).
+  """Rank-N-Contrast's AgeDB-DIR run (Zha et al. 2023; official kaiwenzha/Rank-N-Contrast,
+  ``main_rnc.py`` defaults): :func:`dir_benchmark` data (AgeDB-DIR's balanced split: the official
+  data/agedb.csv is byte-identical to the DIR benchmark's) with ResNet-18, two SimCLR-style views,
+  SGD lr 0.5 / batch 256 / 400 epochs, cosine to lr x 1e-3, then the second stage (a linear
+  regressor on frozen features) by the ridge probe.
+
+  Checked against the official code: main_rnc.py:22 batch 256, :24 400 epochs, :25 lr 0.5, :26
+  lr_decay_rate 0.1, :27 weight decay 1e-4, :28 momentum 0.9, :33 resnet18, :35 aug
+  'crop,flip,color,grayscale', :38-40 temp 2 / label_diff 'l1' / feature_sim 'l2', :85
+  drop_last=True (47 steps an epoch); utils.py:96-98 torch.optim.SGD over all parameters; utils.py
+  :76-81 cosine annealing from lr to eta_min = lr * lr_decay_rate ** 3, set once per epoch (ours
+  per step); utils.py:15-39 RandomResizedCrop(224, scale=(0.2, 1)), HFlip, ColorJitter(0.4, 0.4,
+  0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2, Normalize(0.5, 0.5); model.py:72-137 ResNet-18 built
+  from scratch (no ImageNet weights), loss on its 512-d pooled features (no projection head).
+
+  What this trainer does differently (it has no second training stage):
+  * Stage 2 (main_linear.py) trains Linear(512, 1) (:95) with L1 (:91) by SGD lr 0.05 (:23),
+    momentum 0.9 (:26), weight decay 0 (:25), batch 64 (:20), 100 epochs (:22), cosine to
+    0.05 * 0.2 ** 3 (:24), on augmented training images (:33, :63) through the frozen encoder
+    (:119, :134), keeping the epoch with the lowest validation L1 (:212-224). Here: the closed-form
+    ridge probe (squared loss, ``ridge_alpha``) on un-augmented training embeddings.
+  * The official encoder is the last epoch's (main_rnc.py:184, no validation in stage 1); here the
+    encoder checkpoint (every 10 epochs) with the lowest validation MAE of the ridge probe is kept
+    (``--config.eval_every=<num_train_steps>`` scores only the last).
+  * Evaluation images: official Resize(256) + CenterCrop(224) (utils.py:41-46); ours the whole
+    centre-cropped square at 224, and RandomResizedCrop draws from that square, not from the
+    original image.
   """
   dir_benchmark(config, dataset, split_mode="balanced")  # AgeDB-DIR, the benchmark's split
-  config.model.encoder = "resnet18"             # official `--model resnet18` (torchvision)
+  config.model.encoder = "resnet18"             # `--model resnet18` (model.py, random init)
   # TwoCropTransform of RandomResizedCrop(224, scale=(0.2, 1)), HFlip, ColorJitter(0.4, 0.4, 0.4,
   # 0.1) p = 0.8, RandomGrayscale p = 0.2: SimCLR's recipe without blur.
   config.data.augment_kind = "simclr"
@@ -188,7 +252,8 @@ def rnc_agedb_recipe(config: ml_collections.ConfigDict,
   config.optim.momentum = 0.9
   config.optim.weight_decay = 1e-4
   config.optim.schedule = "cosine"
-  config.optim.warmup_steps = 0
+  config.optim.end_factor = 0.1 ** 3            # eta_min = lr * lr_decay_rate ** 3 (utils.py:78)
+  config.optim.warmup_steps = 0                 # no warm-up (utils.py:76-81)
   steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
   config.num_train_steps = 400 * steps_per_epoch  # `--epochs 400`
   config.eval_every = 10 * steps_per_epoch

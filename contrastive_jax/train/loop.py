@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax import data as data_lib
 from contrastive_jax import models
 from contrastive_jax.data import video as video_lib
+from contrastive_jax.data.normalization import input_normalization
 from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
 from contrastive_jax.evaluate.knn import knn_top1
@@ -44,6 +45,7 @@ from contrastive_jax.train import objectives
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
+from contrastive_jax.train.init_from import load_init_variables
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
@@ -104,15 +106,30 @@ def make_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), (AXIS,))
 
 
+# Fields added after runs were first checkpointed, with the value that reproduces those runs: left out
+# of the identity while they hold it, so older checkpoints still resume.
+ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (None,),
+                "loss.matmul_dtype": (None,)}
+# Fields that never change what a resumed run computes: where the data are staged (``data.root``),
+# the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
+# it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
+# 'ring' after moving to more devices).
+NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile")
+
+
 def config_identity(config, run_control=RUN_CONTROL_FIELDS) -> dict:
   """The config fields that determine a run's result, as their JSON form (tuples become lists).
 
-  The ``run_control`` fields are left out, and ``data.root`` too: the same data staged at another
-  path may resume a run.
+  Left out: the ``run_control`` fields, the :data:`NON_IDENTITY_FIELDS`, and the
+  :data:`ADDED_FIELDS` while they hold their earlier-runs value.
   """
   cfg = json.loads(json.dumps(config.to_dict()))
-  if isinstance(cfg.get("data"), dict):
-    cfg["data"].pop("root", None)
+  for path in NON_IDENTITY_FIELDS + tuple(ADDED_FIELDS):
+    section, _, name = path.partition(".")
+    fields = cfg.get(section)
+    if isinstance(fields, dict) and name in fields and (
+        path in NON_IDENTITY_FIELDS or fields[name] in ADDED_FIELDS[path]):
+      fields.pop(name)
   return {k: v for k, v in cfg.items() if k not in run_control}
 
 
@@ -389,6 +406,18 @@ def make_augment_fn(config: ml_collections.ConfigDict, kind: str) -> Callable:
   return random_slice(augment) if kind == "volume" else augment
 
 
+def model_input_normalization(config: ml_collections.ConfigDict, dataset):
+  """``(mean, std)`` of ``data.normalize`` for ``dataset``'s inputs (channels: their last axis), or
+  None. The model applies it to its inputs (see ``ContrastiveRegressor.input_mean``)."""
+  spec = config.data.get("normalize", "")
+  if spec in (None, "") or (isinstance(spec, str) and not spec.strip()):
+    return None
+  if dataset.kind == "tabular":
+    raise ValueError(f"`data.normalize`={spec!r} normalises image / video channels; the data set "
+                     f"{dataset.name!r} is tabular.")
+  return input_normalization(spec, int(dataset.train.x.shape[-1]))
+
+
 def random_slice(augment: Callable) -> Callable:
   """An image augmentation applied to volumes ``[b, S, H, W, C]``: each view of each sample draws
   one slice uniformly at random (its own key), then is augmented as an image (thesis Ch. 4: 2-D
@@ -440,7 +469,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                dataset.name, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
                dataset.train.x.shape[1:], mesh.size)
 
-  model = models.build_model(config.model, axis_name=AXIS)
+  model = models.build_model(config.model, axis_name=AXIS,
+                             input_normalization=model_input_normalization(config, dataset))
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   augment_fn = make_augment_fn(config, dataset.kind)
@@ -449,20 +479,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Initialise on the input the model will see in training: two augmented training examples.
   example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
+  latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  init_from = config.model.get("init_from", "") or ""
+  if init_from and latest.latest_step() is None:  # A checkpoint of this workdir wins.
+    try:
+      variables, summary = load_init_variables(init_from, model, variables)
+    except Exception:
+      latest.close()
+      raise
+    log.info(summary)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}), rng=aug_key)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info("Model %s: %s parameters.", config.model.encoder, f"{num_params:,}")
 
-  latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   # The best state is saved synchronously, after any in-flight save of the latest one: with several
   # processes, two concurrent Orbax saves of the same step interfere (seen as hangs and "metadata from
   # just one process" errors), so at most one save is ever in flight. Superseded best states are
   # deleted by the loop (see `committed_best`), not by Orbax, so that the best state named by the
   # newest complete latest checkpoint survives a crash at any moment.
   best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=None, async_save=False)
-  meta = {"best_step": -1, "val_best": None, "config": config_identity(config)}
+  meta = {"best_step": -1, "val_best": None, "config": config_identity(config),
+          "init_from": init_from}
   if latest.latest_step() is not None:
     restored, saved_meta = latest.restore(state)
     differences = config_differences(saved_meta.get("config", {}), meta["config"])
@@ -472,9 +511,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           + "\n  ".join(differences) + "\nUse a new --workdir, or --config.resume=force to resume "
           "anyway.")
     state, meta["best_step"], meta["val_best"] = restored, saved_meta["best_step"], saved_meta["val_best"]
+    meta["init_from"] = saved_meta.get("init_from", "")
     # Best states that the interrupted run saved after this step are recomputed (identically).
     best.keep_only(s for s in best.all_steps() if s <= int(state.step))
     log.info("Resumed from step %d of %s.", int(state.step), latest.directory)
+    if init_from:
+      log.info("model.init_from=%r is ignored: resuming from the checkpoint (the run was "
+               "initialised from %r).", init_from, meta["init_from"] or "a random init")
 
   train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std)
   evaluate = Evaluator(model, mesh, dataset, config, mean, std, preprocess)

@@ -6,6 +6,7 @@ batch fields to the loss's arguments. ``method='none'`` is the plain regression 
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import jax
@@ -38,6 +39,34 @@ METHODS = ("none",) + tuple(LOSS_INPUTS)
 def check_method(method: str) -> None:
   if method not in METHODS:
     raise ValueError(f"Unknown `method`={method!r}; expected one of {METHODS}.")
+
+
+# Config fields (``loss.<name>``) of the pairwise execution mode, passed to the losses that take them.
+PAIRWISE_FIELDS = ("impl", "tile", "matmul_dtype")
+_PAIRWISE_DEFAULTS = {"impl": "auto", "tile": None, "matmul_dtype": None}
+
+
+def loss_kwargs(method: str, loss_cfg) -> dict:
+  """Keyword arguments of ``method``'s loss: ``loss.contrastive`` plus, for the losses with a
+  blockwise mode, ``loss.impl`` / ``loss.tile`` / ``loss.matmul_dtype`` where they are set.
+
+  Raises a ValueError when one of those is set for a loss without that option, or twice.
+  """
+  if method == "none":
+    return {}
+  kwargs = dict(loss_cfg.contrastive)
+  accepted = inspect.signature(losses.get_contrastive_loss(method)).parameters
+  for name in PAIRWISE_FIELDS:
+    value = loss_cfg.get(name, _PAIRWISE_DEFAULTS[name])
+    if value == _PAIRWISE_DEFAULTS[name]:
+      continue
+    if name not in accepted:
+      raise ValueError(f"`loss.{name}`={value!r}: the {method!r} loss has no such option (it is "
+                       "for the SupCon family and rnc); leave it unset.")
+    if name in kwargs:
+      raise ValueError(f"`loss.{name}` and `loss.contrastive.{name}` are both set; keep one.")
+    kwargs[name] = tuple(value) if name == "tile" and isinstance(value, (list, tuple)) else value
+  return kwargs
 
 
 def contrastive_term(method: str, features: jax.Array, inputs: dict, loss_kwargs: dict,

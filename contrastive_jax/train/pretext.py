@@ -35,6 +35,8 @@ from contrastive_jax.train.loop import NonFiniteLossError
 from contrastive_jax.train.loop import config_differences
 from contrastive_jax.train.loop import config_identity
 from contrastive_jax.train.loop import PreemptionFlag
+from contrastive_jax.train.optim import decay_mask
+from contrastive_jax.train.optim import exclude_bias_and_norm
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.optim import make_schedule
 from contrastive_jax.train.state import TrainState
@@ -81,7 +83,8 @@ def make_pretext_optimizer(cfg, num_train_steps: int):
     schedule = make_schedule(cfg, num_train_steps)
     tx = optax.rmsprop(schedule, decay=float(cfg.get('rho', 0.9)), eps=float(cfg.get('eps', 1e-7)))
     wd = float(cfg.get('weight_decay', 0.0))
-    return (optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx), schedule
+    mask = decay_mask if exclude_bias_and_norm(cfg) else None
+    return (optax.chain(optax.add_decayed_weights(wd, mask=mask), tx) if wd else tx), schedule
   return make_optimizer(cfg, num_train_steps)
 
 

@@ -57,7 +57,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   objectives.check_method(method)
   views = int(config.data.views)
   loss_cfg = config.loss
-  loss_kwargs = dict(loss_cfg.contrastive) if method != "none" else {}
+  loss_kwargs = objectives.loss_kwargs(method, loss_cfg)
   feature_key = loss_cfg.get("features", "projection")
   reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
 
