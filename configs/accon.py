@@ -32,19 +32,22 @@ imdb-wiki/ agree unless named; the paper's Appendix B is not in our copy):
     (paper Eq. 2), which is 100 on AgeDB (ages 1-101); on IMDB-WIKI set
     `--config.loss.contrastive.label_range=100` for the official value (its CSV is not in our copy
     of the repository, so we could not check its range);
-  augmentation, AgeDB: two views of RandomResizedCrop(224, scale=(0.2, 1)), HFlip, ColorJitter(0.4,
-    0.4, 0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2 (agedb/datasets.py:124, :155-180, Rank-N-Contrast's
-    recipe, not the DIR benchmark's); IMDB-WIKI: two views of the DIR benchmark's Resize +
-    RandomCrop(224, padding=16) + HFlip (imdb-wiki/datasets.py:28-55); both Normalize(0.5, 0.5).
+  augmentation, AgeDB: two views of RandomResizedCrop(224, scale=(0.2, 1)), HFlip,
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2 (agedb/datasets.py:124,
+    :155-180: Rank-N-Contrast's recipe, not the DIR benchmark's); IMDB-WIKI: two views of the DIR
+    benchmark's Resize + RandomCrop(224, padding=16) + HFlip (imdb-wiki/datasets.py:28-55); both
+    Normalize(0.5, 0.5).
 Not reproduced (this trainer's model and data pipeline cannot express them):
   * Heads: official contraNet_ada_emb (agedb/resnet.py:379-399): projection = one Linear(2048,
-    512), as the paper's "single linear layer" ("Deep Regression Framework") [ours: Dense-ReLU-Dense MLP];
-    predictor = Linear(512, 1) with bias, then ReLU, on the *un-normalised* projection (as Alg. 1
-    line 13, h(Z)) [ours: Linear without bias on the L2-normalised projection, the paper's text].
-  * Targets: the official L1 is in years; ours is on standardised targets (``data.normalize_targets``,
-    needed by the bias-free predictor of a unit vector), so at gamma = 1 the regulariser weighs
-    ~std(y) (~17 on AgeDB) times more against L_reg than officially; gamma ~ 1 / std(y) gives the
-    official balance (Adam is invariant to the overall scale).
+    512), as the paper's "single linear layer" ("Deep Regression Framework") [ours: a
+    Dense-ReLU-Dense MLP]; predictor = Linear(512, 1) with bias, then ReLU, on the
+    *un-normalised* projection (as Alg. 1 line 13, h(Z)) [ours: Linear without bias on the
+    L2-normalised projection, as the paper's text says].
+  * Targets: the official L1 is in years; ours is on standardised targets
+    (``data.normalize_targets``, needed by the bias-free predictor of a unit vector), so at
+    gamma = 1 the regulariser weighs ~std(y) (16-17 years on AgeDB) times more against L_reg than
+    officially; gamma ~ 1 / std(y) gives the official balance (Adam is invariant to the overall
+    scale).
   * Evaluation images: AgeDB Resize(256) + CenterCrop(224) (agedb/datasets.py:181-187), IMDB-WIKI
     Resize((224, 224)) [ours: centre crop to the aspect ratio, then 224 x 224].
 """

@@ -189,19 +189,23 @@ def test_adacon_bmd_and_echonet_hyperparameters():
 
 
 def test_age_configs_hyperparameters():
-  for variant, steps in (("agedb", 90 * (12208 // 256)), ("imdb_wiki", 90 * (191500 // 256))):
+  # ACCon README command: batch 64, lr 2.5e-4, 90 epochs (Haifengtao/ACCon train.py).
+  for variant, steps in (("agedb", 90 * (12208 // 64)), ("imdb_wiki", 90 * (191500 // 64))):
     config = accon.get_config(variant)
     assert (config.model.encoder, config.model.encoder_kwargs.stem) == ("resnet50", "imagenet")
     assert (config.data.name, config.data.kwargs.dataset, config.data.kwargs.image_size) == (
         "dir_benchmark", variant, 224)
     assert (config.loss.contrastive.temperature, config.loss.gamma_con, config.model.proj_dim,
             config.model.regress_from) == (0.05, 1.0, 512, "projection")
-    assert (config.num_train_steps, config.batch_size, config.optim.name) == (steps, 256, "adam")
-  for module in (rnc, supremix):
-    config = module.get_config("agedb")
-    assert (config.model.encoder, config.batch_size, config.optim.lr) == ("resnet18", 256, 0.5)
-    assert (config.loss.gamma_reg, config.eval_with, config.num_train_steps) == (
-        0.0, "ridge", 400 * 47)
+    assert (config.num_train_steps, config.batch_size, config.optim.name, config.optim.lr,
+            config.optim.weight_decay) == (steps, 64, "adam", 2.5e-4, 0.0)
+  config = rnc.get_config("agedb")  # kaiwenzha/Rank-N-Contrast main_rnc.py
+  assert (config.model.encoder, config.batch_size, config.optim.lr) == ("resnet18", 256, 0.5)
+  assert (config.loss.gamma_reg, config.eval_with, config.num_train_steps) == (0.0, "ridge", 400 * 47)
+  config = supremix.get_config("agedb")  # Mixup-Your-Own-Pairs agedb-dir/train_supremix.py
+  assert (config.model.encoder, config.batch_size, config.optim.name, config.optim.lr) == (
+      "resnet50", 128, "adam", 1e-3)
+  assert (config.loss.gamma_reg, config.eval_with, config.num_train_steps) == (0.0, "ridge", 9500)
   assert rnc.get_config("agedb").loss.contrastive.temperature == 2.0
   assert supremix.get_config("agedb").loss.contrastive.temperature == 0.5
 

@@ -20,6 +20,11 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.method = "none"
   c.seed = 0
 
+  # Rows (images x views) per device per encoder pass; None: the whole local batch in one pass.
+  # Smaller values train batches whose activations do not fit, by gradient caching (GradCache,
+  # train.step.embedding_cache_grads): about one more forward pass; BatchNorm then sees micro-batches.
+  c.micro_batch = placeholder(int)
+
   c.data = ml_collections.ConfigDict()
   c.data.name = variant
   c.data.seed = 0                  # split seed (the rotations of digits_angle are drawn from it too)

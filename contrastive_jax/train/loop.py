@@ -109,7 +109,7 @@ def make_mesh() -> Mesh:
 # Fields added after runs were first checkpointed, with the value that reproduces those runs: left out
 # of the identity while they hold it, so older checkpoints still resume.
 ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (None,),
-                "loss.matmul_dtype": (None,)}
+                "loss.matmul_dtype": (None,), "micro_batch": (None,)}
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
@@ -125,8 +125,8 @@ def config_identity(config, run_control=RUN_CONTROL_FIELDS) -> dict:
   """
   cfg = json.loads(json.dumps(config.to_dict()))
   for path in NON_IDENTITY_FIELDS + tuple(ADDED_FIELDS):
-    section, _, name = path.partition(".")
-    fields = cfg.get(section)
+    section, _, name = path.rpartition(".")
+    fields = cfg.get(section) if section else cfg
     if isinstance(fields, dict) and name in fields and (
         path in NON_IDENTITY_FIELDS or fields[name] in ADDED_FIELDS[path]):
       fields.pop(name)

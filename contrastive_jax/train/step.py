@@ -43,6 +43,60 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves))
 
 
+def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective: Callable,
+                          micro_batch: int, outputs, dropout_key):
+  """Loss and gradient of ``objective(model outputs of rows)`` with the encoder run on
+  ``micro_batch`` rows at a time (gradient caching, Gao et al. 2021, "Scaling Deep Contrastive
+  Learning Batch Size under Memory Limited Setup").
+
+  A contrastive loss couples every row of the batch, so its gradient cannot be accumulated over
+  micro-batches. Instead: (1) encode the micro-batches one after another without keeping their
+  activations; (2) take the loss and its gradient with respect to the cached outputs (all rows,
+  the blockwise / sharded loss as usual); (3) encode each micro-batch again and pull its slice of
+  that gradient back to the parameters, summing. Peak activation memory is one micro-batch's, for
+  a second forward pass. The gradient equals the one-pass gradient where the model treats rows
+  independently (dropout and stochastic depth use one key per micro-batch); BatchNorm normalises
+  each micro-batch with its own statistics (synchronised over devices as usual), as in GradCache,
+  and the running statistics take the mean of the micro-batches' updates.
+
+  Args:
+    model: the Flax model; ``model.apply(variables, x, train=True)`` returns a dict of outputs.
+    params, batch_stats: the model's variables.
+    rows: ``[n, ...]`` inputs of this device, ``n`` a multiple of ``micro_batch``.
+    objective: ``objective(outputs) -> (loss, aux)`` of the ``outputs`` of all ``n`` rows.
+    micro_batch: rows per encoder pass.
+    outputs: the output names ``objective`` reads.
+    dropout_key: folded with the micro-batch index for its 'dropout' stream.
+
+  Returns:
+    ``(loss, aux, new batch_stats, grads)``.
+  """
+  n = rows.shape[0]
+  chunks = rows.reshape((n // micro_batch, micro_batch) + rows.shape[1:])
+  keys = jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(chunks.shape[0]))
+  names = tuple(dict.fromkeys(outputs))
+
+  def encode(p, x, key):
+    out, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"], rngs={"dropout": key})
+    return {k: out[k] for k in names}, updates["batch_stats"]
+
+  _, (cached, stats) = jax.lax.scan(lambda c, xk: (c, encode(params, *xk)), None, (chunks, keys))
+  unchunk = lambda a: a.reshape((n,) + a.shape[2:])
+  (loss, aux), cotangents = jax.value_and_grad(objective, has_aux=True)(
+      jax.tree.map(unchunk, cached))
+  cotangents = jax.tree.map(lambda a: a.reshape((-1, micro_batch) + a.shape[1:]), cotangents)
+
+  def backward(total, inputs):
+    x, key, ct = inputs
+    _, pullback = jax.vjp(lambda p: encode(p, x, key)[0], params)
+    return jax.tree.map(jnp.add, total, pullback(ct)[0]), None
+
+  grads, _ = jax.lax.scan(backward, jax.tree.map(jnp.zeros_like, params), (chunks, keys, cotangents))
+  new_stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+  return loss, aux, new_stats, grads
+
+
 def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable,
                     target_mean: float = 0.0, target_std: float = 1.0):
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
@@ -60,6 +114,10 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   loss_kwargs = objectives.loss_kwargs(method, loss_cfg)
   feature_key = loss_cfg.get("features", "projection")
   reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
+  micro_batch = config.get("micro_batch", None)
+  if micro_batch is not None and (isinstance(micro_batch, bool) or int(micro_batch) < 1):
+    raise ValueError(f"`micro_batch`={micro_batch!r} must be None or a positive number of rows.")
+  micro_batch = None if micro_batch is None else int(micro_batch)
 
   def local_step(state, batch):
     step_key = jax.random.fold_in(state.rng, state.step)
@@ -71,12 +129,15 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     x = augment_views(aug_key, batch["x"], views, augment_fn)
     b = x.shape[0]
     flat = x.reshape((b * views,) + x.shape[2:])
+    if micro_batch is not None and (b * views) % micro_batch:
+      raise ValueError(f"`micro_batch`={micro_batch} must divide the {b * views} rows (local batch "
+                       f"{b} x {views} views) each device encodes per step.")
     targets = jnp.repeat(batch["y_norm"], views)
 
-    def loss_fn(params):
-      out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
-                                 train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
-      weights = jnp.repeat(batch["weight"], views) if "weight" in batch else None
+    weights = jnp.repeat(batch["weight"], views) if "weight" in batch else None
+
+    def objective(out):
+      """``gamma_reg L_reg + gamma_con L_con`` (AdaCon Eq. 8) of the model outputs of all views."""
       loss_reg = jax.lax.pmean(
           regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
                           weights, **reg_kwargs), AXIS)
@@ -86,10 +147,22 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
                 "preds": preds * target_std + target_mean}
       loss_con = objectives.contrastive_term(method, features, inputs, loss_kwargs, AXIS)
       total = loss_cfg.gamma_reg * loss_reg + loss_cfg.gamma_con * loss_con
-      return total, (loss_reg, loss_con, updates["batch_stats"])
+      return total, (loss_reg, loss_con)
 
-    (loss, (loss_reg, loss_con, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    if micro_batch is None:
+      def loss_fn(params):
+        out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
+                                   train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": dropout_key})
+        total, (loss_reg, loss_con) = objective(out)
+        return total, (loss_reg, loss_con, updates["batch_stats"])
+
+      (loss, (loss_reg, loss_con, batch_stats)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state.params)
+    else:
+      loss, (loss_reg, loss_con), batch_stats, grads = embedding_cache_grads(
+          model, state.params, state.batch_stats, flat, objective, micro_batch,
+          (feature_key, "prediction"), dropout_key)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     keep = lambda new, old: jnp.where(finite, new, old)
