@@ -28,7 +28,7 @@ from contrastive_jax.evaluate import segmentation
 from contrastive_jax.losses import cowpro as cowpro_losses
 from contrastive_jax.models import cowpro as cowpro_model
 from contrastive_jax.train.checkpoint import Checkpointer
-from contrastive_jax.train.init_from import load_init_variables
+from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.loop import NonFiniteLossError
 from contrastive_jax.train.loop import config_differences
 from contrastive_jax.train.loop import config_identity
@@ -265,13 +265,7 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, pseudo.images[:2])
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), int(config.keep_checkpoints))
   init_from = config.model.get('init_from', '') or ''
-  if init_from and ckpt.latest_step() is None:  # A checkpoint of this workdir wins.
-    try:
-      variables, summary = load_init_variables(init_from, model, variables)
-    except Exception:
-      ckpt.close()
-      raise
-    log.info(summary)
+  variables = initial_variables(init_from, model, variables, ckpt, log)
   state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                             batch_stats=variables.get('batch_stats', {}), rng=episode_key)
   log.info('CoWPro model (%s encoder): %s parameters.', config.model.encoder,

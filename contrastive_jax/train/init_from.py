@@ -149,3 +149,18 @@ def load_init_variables(init_from: str, model: Any, variables: dict) -> Tuple[di
   new, encoder, _ = _merge(variables, _from_torch(path, model), f'`model.init_from`={path!r}')
   return new, (f'Initialised the encoder from {path}: {encoder} arrays (params and batch_stats) '
                'loaded; the projection and regression heads keep their random init.')
+
+
+def initial_variables(init_from: str, model: Any, variables: dict, checkpointer, log) -> dict:
+  """``variables`` with the weights of ``init_from`` when it is set and ``checkpointer``'s directory
+  holds no checkpoint yet (resuming wins); logs what was loaded. On an error the checkpointer is
+  closed (its background threads would otherwise keep the process alive) and the error raised."""
+  if not init_from or checkpointer.latest_step() is not None:
+    return variables
+  try:
+    variables, summary = load_init_variables(init_from, model, variables)
+  except Exception:
+    checkpointer.close()
+    raise
+  log.info(summary)
+  return variables

@@ -45,7 +45,7 @@ from contrastive_jax.train import objectives
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.init_from import load_init_variables
+from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
@@ -481,13 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
   latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   init_from = config.model.get("init_from", "") or ""
-  if init_from and latest.latest_step() is None:  # A checkpoint of this workdir wins.
-    try:
-      variables, summary = load_init_variables(init_from, model, variables)
-    except Exception:
-      latest.close()
-      raise
-    log.info(summary)
+  variables = initial_variables(init_from, model, variables, latest, log)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}), rng=aug_key)
   state = jax.device_put(state, NamedSharding(mesh, P()))
