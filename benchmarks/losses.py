@@ -196,6 +196,9 @@ def main(argv=None):
                       help="rnc's scalar-label implementation (rnc.VARIANTS; default: by backend)")
   parser.add_argument("--rnc-radix-bits", type=int, default=None,
                       help="probes per level of rnc's shared label search: 2^bits - 1")
+  parser.add_argument("--rate-size", type=int, default=8192,
+                      help="side of the square matmul (and sqrt of the exp count) that measures "
+                           "the device's rates for the floor")
   parser.add_argument("--shard", action="store_true",
                       help="run per shard inside shard_map over all local devices")
   parser.add_argument("--json", default=None)
@@ -213,7 +216,7 @@ def main(argv=None):
            [2 ** k for k in range(args.min_log2, args.max_log2 + 1)])
   device = jax.devices()[0]
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",)) if args.shard else None
-  rates = measure_rates(matmul_dtype)
+  rates = measure_rates(matmul_dtype, size=args.rate_size, elements=args.rate_size ** 2)
   print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{device.platform}: {device.device_kind}, jax {jax.__version__}; rates: "
         f"matmul {rates['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s, "
