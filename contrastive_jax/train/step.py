@@ -22,7 +22,10 @@ from contrastive_jax.losses import regression_loss
 from contrastive_jax.train import objectives
 
 AXIS = "batch"
-DROPOUT_TAG = 0x0D0  # folded into a step's key to derive its 'dropout' PRNG stream
+DROPOUT_TAG = 0x0D0
+# How ``config.micro_batch`` runs its micro-batches (see ``embedding_cache_grads``): None picks by
+# backend (unrolled on CPU, ``lax.scan`` elsewhere); True / False force one.
+MICRO_BATCH_UNROLL = None  # folded into a step's key to derive its 'dropout' PRNG stream
 
 
 def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.Array:
@@ -44,7 +47,8 @@ def _all_finite(tree) -> jax.Array:
 
 
 def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective: Callable,
-                          micro_batch: int, outputs, dropout_key):
+                          micro_batch: int, outputs, dropout_key, axis_name: str = AXIS,
+                          unroll: Optional[bool] = None):
   """Loss and gradient of ``objective(model outputs of rows)`` with the encoder run on
   ``micro_batch`` rows at a time (gradient caching, Gao et al. 2021, "Scaling Deep Contrastive
   Learning Batch Size under Memory Limited Setup").
@@ -53,46 +57,78 @@ def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective
   micro-batches. Instead: (1) encode the micro-batches one after another without keeping their
   activations; (2) take the loss and its gradient with respect to the cached outputs (all rows,
   the blockwise / sharded loss as usual); (3) encode each micro-batch again and pull its slice of
-  that gradient back to the parameters, summing. Peak activation memory is one micro-batch's, for
-  a second forward pass. The gradient equals the one-pass gradient where the model treats rows
-  independently (dropout and stochastic depth use one key per micro-batch); BatchNorm normalises
-  each micro-batch with its own statistics (synchronised over devices as usual), as in GradCache,
-  and the running statistics take the mean of the micro-batches' updates.
+  that gradient back to the parameters, summing this device's contributions, then ``psum`` them
+  once over ``axis_name``. Peak activation memory is one micro-batch's, for a second forward pass.
+  The gradient equals the one-pass gradient where the model treats rows independently (dropout and
+  stochastic depth use one key per micro-batch); BatchNorm normalises each micro-batch with its own
+  statistics (synchronised over devices as usual), as in GradCache, and the running statistics take
+  the mean of the micro-batches' updates.
+
+  The micro-batches run in a ``lax.scan``, which keeps one micro-batch live at a time, or, with
+  ``unroll``, in straight-line code ordered by ``optimization_barrier``. Unrolling is the default on
+  CPU only: there XLA runs backward convolutions inside a loop about 30x slower than outside one
+  (ResNet-18, measured on this project's 2-core CI machine), but in the unrolled code its
+  scheduler keeps several micro-batches live, more as their number grows, so the memory saved is
+  smaller there (docs/benchmarks.md, ``benchmarks/train_step_memory.py``).
 
   Args:
     model: the Flax model; ``model.apply(variables, x, train=True)`` returns a dict of outputs.
-    params, batch_stats: the model's variables.
+    params, batch_stats: the model's variables (replicated over ``axis_name``).
     rows: ``[n, ...]`` inputs of this device, ``n`` a multiple of ``micro_batch``.
     objective: ``objective(outputs) -> (loss, aux)`` of the ``outputs`` of all ``n`` rows.
     micro_batch: rows per encoder pass.
     outputs: the output names ``objective`` reads.
     dropout_key: folded with the micro-batch index for its 'dropout' stream.
+    axis_name: the ``shard_map`` axis the batch is split over.
+    unroll: see above; None: :data:`MICRO_BATCH_UNROLL`, whose None means True on CPU only.
 
   Returns:
     ``(loss, aux, new batch_stats, grads)``.
   """
+  unroll = MICRO_BATCH_UNROLL if unroll is None else unroll
+  unroll = jax.default_backend() == "cpu" if unroll is None else unroll
   n = rows.shape[0]
-  chunks = rows.reshape((n // micro_batch, micro_batch) + rows.shape[1:])
-  keys = jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(chunks.shape[0]))
+  count = n // micro_batch
+  chunks = rows.reshape((count, micro_batch) + rows.shape[1:])
+  keys = jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(count))
   names = tuple(dict.fromkeys(outputs))
+  # Per-device gradients (no all-reduce per micro-batch): differentiate a varying copy of params.
+  local_params = jax.tree.map(lambda p: jax.lax.pcast(p, (axis_name,), to="varying"), params)
 
   def encode(p, x, key):
     out, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
                                mutable=["batch_stats"], rngs={"dropout": key})
     return {k: out[k] for k in names}, updates["batch_stats"]
 
-  _, (cached, stats) = jax.lax.scan(lambda c, xk: (c, encode(params, *xk)), None, (chunks, keys))
-  unchunk = lambda a: a.reshape((n,) + a.shape[2:])
+  def backward(total, x, key, ct):
+    _, pullback = jax.vjp(lambda p: encode(p, x, key)[0], local_params)
+    return jax.tree.map(jnp.add, total, pullback(ct)[0])
+
+  stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+  if unroll:
+    encoded = []
+    for i in range(count):
+      x = chunks[i]
+      if encoded:  # start micro-batch i once micro-batch i - 1 is encoded
+        x, _ = jax.lax.optimization_barrier((x, encoded[-1]))
+      encoded.append(encode(params, x, keys[i]))
+    cached, stats = stack([e[0] for e in encoded]), stack([e[1] for e in encoded])
+  else:
+    _, (cached, stats) = jax.lax.scan(lambda c, xk: (c, encode(params, *xk)), None, (chunks, keys))
   (loss, aux), cotangents = jax.value_and_grad(objective, has_aux=True)(
-      jax.tree.map(unchunk, cached))
-  cotangents = jax.tree.map(lambda a: a.reshape((-1, micro_batch) + a.shape[1:]), cotangents)
-
-  def backward(total, inputs):
-    x, key, ct = inputs
-    _, pullback = jax.vjp(lambda p: encode(p, x, key)[0], params)
-    return jax.tree.map(jnp.add, total, pullback(ct)[0]), None
-
-  grads, _ = jax.lax.scan(backward, jax.tree.map(jnp.zeros_like, params), (chunks, keys, cotangents))
+      jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), cached))
+  cotangents = jax.tree.map(lambda a: a.reshape((count, micro_batch) + a.shape[1:]), cotangents)
+  grads = jax.tree.map(jnp.zeros_like, local_params)
+  if unroll:
+    for i in range(count):
+      # Re-encode micro-batch i after i - 1's gradient (and never merged with its first pass).
+      x, key, ct, grads = jax.lax.optimization_barrier(
+          (chunks[i], keys[i], jax.tree.map(lambda a: a[i], cotangents), grads))
+      grads = backward(grads, x, key, ct)
+  else:
+    grads, _ = jax.lax.scan(lambda total, xs: (backward(total, *xs), None), grads,
+                            (chunks, keys, cotangents))
+  grads = jax.lax.psum(grads, axis_name)
   new_stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
   return loss, aux, new_stats, grads
 
