@@ -142,6 +142,7 @@ def resnet_variables():
   return model, _zeros_like_init(model, (2, 16, 16, 1))
 
 
+@pytest.mark.slow  # needs torch: the slow suite installs it (README "Tests"), the default one not
 def test_pth_file_loads_like_safetensors(tmp_path, resnet_variables):
   torch = pytest.importorskip("torch")
   state_dict = torch_resnet18_state_dict(seed=1)
