@@ -213,10 +213,11 @@ def test_row_statistics_kinds_and_empty_rows():
 
 
 # ------------------------------------------------------------------ 8 devices: blockwise per shard
-def _worker():
-  mesh = sharded_harness.make_mesh()
+def sharded_inputs(seed=0):
+  """Inputs of an 8-device worker: 3 samples x 2 views per device (features, their unit version,
+  labels, ECDF values) and the ``x @ w`` pair of the inside-``shard_map`` gradient check."""
   batch = 3 * sharded_harness.N_DEVICES
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   feats = (rng.normal(size=(batch, 2, 8)) *
            np.exp(rng.uniform(-1, 1, size=(batch, 2, 1)))).astype(np.float32)
   unit = _unit(feats).astype(np.float32)
@@ -224,6 +225,12 @@ def _worker():
   cdf = np.asarray(L.fit_ecdf(labels)(labels), np.float32)
   x = rng.normal(size=(batch, 2, 5)).astype(np.float32)
   w = (rng.normal(size=(5, 8)) / np.sqrt(5)).astype(np.float32)
+  return feats, unit, labels, cdf, x, w
+
+
+def _worker():
+  mesh = sharded_harness.make_mesh()
+  feats, unit, labels, cdf, x, w = sharded_inputs(seed=0)
   results = {}
   for name, (fn, _) in CASES.items():
     tile = 2 if name == 'rnc' else (2, 5)

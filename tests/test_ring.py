@@ -18,7 +18,7 @@ import pytest
 
 import contrastive_jax as cj
 import sharded_harness
-from test_blockwise import CASES, _inputs, _unit
+from test_blockwise import CASES, _inputs, _unit, sharded_inputs
 
 L = cj.losses
 RING_CASES = sorted(name for name in CASES if name != 'rnc')
@@ -34,15 +34,7 @@ def _worker():
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
   mesh = sharded_harness.make_mesh()
-  batch = 3 * sharded_harness.N_DEVICES
-  rng = np.random.default_rng(1)
-  feats = (rng.normal(size=(batch, 2, 8)) *
-           np.exp(rng.uniform(-1, 1, size=(batch, 2, 1)))).astype(np.float32)
-  unit = _unit(feats).astype(np.float32)
-  labels = rng.integers(0, 5, size=batch).astype(np.float32)
-  cdf = np.asarray(L.fit_ecdf(labels)(labels), np.float32)
-  x = rng.normal(size=(batch, 2, 5)).astype(np.float32)
-  w = (rng.normal(size=(5, 8)) / np.sqrt(5)).astype(np.float32)
+  feats, unit, labels, cdf, x, w = sharded_inputs(seed=1)
   results = {}
   for name in RING_CASES:
     fn = CASES[name][0]
