@@ -35,6 +35,11 @@ def _values(spec: Any, what: str, channels: int) -> Tuple[float, ...]:
   return values
 
 
+def is_unset(spec: Any) -> bool:
+  """Whether a ``data.normalize`` value means no normalisation (None, '' or blanks)."""
+  return spec is None or (isinstance(spec, str) and not spec.strip())
+
+
 def input_normalization(spec: Any, channels: int) -> Optional[Stats]:
   """``config.data.normalize`` -> ``(mean, std)`` tuples of length ``channels``, or None.
 
@@ -49,7 +54,7 @@ def input_normalization(spec: Any, channels: int) -> Optional[Stats]:
       to RGB, e.g. ``data.kwargs.channels=3``, or give explicit statistics), a length that does not
       match ``channels``, or a std that is not positive.
   """
-  if spec is None or (isinstance(spec, str) and not spec.strip()):
+  if is_unset(spec):
     return None
   if isinstance(spec, str):
     name = spec.strip().lower()

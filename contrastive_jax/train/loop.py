@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax import data as data_lib
 from contrastive_jax import models
 from contrastive_jax.data import video as video_lib
-from contrastive_jax.data.normalization import input_normalization
+from contrastive_jax.data import normalization
 from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
 from contrastive_jax.evaluate.knn import knn_top1
@@ -410,12 +410,12 @@ def model_input_normalization(config: ml_collections.ConfigDict, dataset):
   """``(mean, std)`` of ``data.normalize`` for ``dataset``'s inputs (channels: their last axis), or
   None. The model applies it to its inputs (see ``ContrastiveRegressor.input_mean``)."""
   spec = config.data.get("normalize", "")
-  if spec in (None, "") or (isinstance(spec, str) and not spec.strip()):
+  if normalization.is_unset(spec):
     return None
   if dataset.kind == "tabular":
     raise ValueError(f"`data.normalize`={spec!r} normalises image / video channels; the data set "
                      f"{dataset.name!r} is tabular.")
-  return input_normalization(spec, int(dataset.train.x.shape[-1]))
+  return normalization.input_normalization(spec, int(dataset.train.x.shape[-1]))
 
 
 def random_slice(augment: Callable) -> Callable:

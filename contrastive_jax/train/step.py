@@ -22,10 +22,10 @@ from contrastive_jax.losses import regression_loss
 from contrastive_jax.train import objectives
 
 AXIS = "batch"
-DROPOUT_TAG = 0x0D0
+DROPOUT_TAG = 0x0D0  # folded into a step's key to derive its 'dropout' PRNG stream
 # How ``config.micro_batch`` runs its micro-batches (see ``embedding_cache_grads``): None picks by
 # backend (unrolled on CPU, ``lax.scan`` elsewhere); True / False force one.
-MICRO_BATCH_UNROLL = None  # folded into a step's key to derive its 'dropout' PRNG stream
+MICRO_BATCH_UNROLL = None
 
 
 def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.Array:
