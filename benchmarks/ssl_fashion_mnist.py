@@ -24,7 +24,7 @@ Two baselines share the backbone and the kNN protocol:
   (kNN on its backbone features); its own softmax accuracy is reported too;
 * ``random``: the untrained (initialised, seed 0) backbone's features.
 
-The data are the Debian ``fashion-mnist`` IDX files (``--data-root``); nothing is downloaded.
+The data are the Debian ``dataset-fashion-mnist`` IDX files (``--data-root``); nothing is downloaded.
 ``--subset N`` trains on the first N training images and scores on the first N // 5 test images
 (written as IDX files under the workdir) for quick CPU runs. Prints a markdown table and writes every
 number, the device, the date and the command to ``--json`` (rewritten after every row).
@@ -100,7 +100,7 @@ def write_subset(source_root: str, target_root: str, num_train: int, num_test: i
       found = [p for p in found if os.path.isfile(p)]
       if not found:
         raise FileNotFoundError(f"Fashion-MNIST file not found: {os.path.join(source_root, stem)}"
-                                "[.gz] (Debian: apt-get install fashion-mnist).")
+                                "[.gz] (Debian: apt-get install dataset-fashion-mnist).")
       values = read_idx(found[0])
       if count > len(values):
         raise ValueError(f"--subset asks for {count} {part} images but {found[0]} holds "

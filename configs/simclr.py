@@ -5,7 +5,7 @@ The encoder is trained with NT-Xent alone (no labels). Variants:
 * ``digits_angle`` (default), ``diabetes``: bundled regression data, scored by kNN regression (and
   a ridge linear probe, reported too) on the frozen embeddings; ~2 minutes on 2 CPU cores:
     python -m launch --config=configs/simclr.py --workdir=/tmp/simclr
-* ``fashion_mnist``: the real Fashion-MNIST IDX files (Debian ``fashion-mnist``), class labels,
+* ``fashion_mnist``: the real Fashion-MNIST IDX files (Debian ``dataset-fashion-mnist``), class labels,
   ResNet-18 (CIFAR stem, width 8) on 28x28x1, SimCLR augmentations for grey images, weighted-kNN
   top-1 + linear probe on the test set; 50 steps, ~2-3 minutes on 2 shared CPU cores (half of it
   embedding the 50k training images for the kNN probe):

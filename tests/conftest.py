@@ -22,3 +22,14 @@ def fast_compile():
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_system_data(request, monkeypatch, tmp_path_factory):
+  """The default suite runs as on a fresh machine: data that only a system package installs (Debian's
+  ``dataset-fashion-mnist`` in /usr/share/datasets) is out of reach unless a test is marked
+  ``real_data``, so a test that needs it fails on every machine, not only on a new one."""
+  if request.node.get_closest_marker('real_data') is None:
+    from contrastive_jax.data.sources import idx  # pylint: disable=import-outside-toplevel
+    missing = tmp_path_factory.getbasetemp() / 'no-system-datasets' / 'fashion-mnist'
+    monkeypatch.setattr(idx, 'DEFAULT_ROOT', str(missing))

@@ -4,7 +4,7 @@ IDX (LeCun et al.'s MNIST format): 4 magic bytes ``0, 0, type, ndim``; ``ndim`` 
 dimensions; then the values, big-endian, row-major. Types: 0x08 uint8, 0x09 int8, 0x0B int16,
 0x0C int32, 0x0D float32, 0x0E float64. Files may be gzipped (``.gz``).
 
-Fashion-MNIST (Xiao et al. 2017; Debian package ``fashion-mnist`` installs the four IDX files in
+Fashion-MNIST (Xiao et al. 2017; Debian package ``dataset-fashion-mnist`` installs the four IDX files in
 ``/usr/share/datasets/fashion-mnist/``): 60,000 training and 10,000 test 28 x 28 grey images of 10
 clothing classes. Its classes are nominal, so two regression targets are offered:
 
@@ -81,7 +81,7 @@ def _find(root: str, stem: str) -> str:
     if os.path.isfile(path):
       return path
   raise FileNotFoundError(f'Fashion-MNIST file not found: {os.path.join(root, stem)}[.gz] '
-                          '(Debian: apt-get install fashion-mnist).')
+                          '(Debian: apt-get install dataset-fashion-mnist).')
 
 
 def _read_pair(root: str, part: str) -> tuple[np.ndarray, np.ndarray]:
@@ -114,13 +114,14 @@ class _RotatedImages:
     return np.clip(np.round(rotated), 0, 255).astype(np.uint8)[..., None]
 
 
-def load_fashion_mnist(root: str | os.PathLike = DEFAULT_ROOT, *, seed: int = 0,
+def load_fashion_mnist(root: str | os.PathLike | None = None, *, seed: int = 0,
                        target: str = 'angle', max_angle: float = 45.0,
                        val_size: int = 10000) -> Dataset:
   """Fashion-MNIST from its IDX files as a regression dataset (see the module docstring).
 
   Args:
-    root: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
+    root: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; default (None)
+      :data:`DEFAULT_ROOT`, read when called.
     seed: selects the validation images and (``target='angle'``) the rotation angles.
     target: ``'angle'`` (rotation angle in degrees) or ``'class'`` (class index).
     max_angle: angles are uniform in ``[-max_angle, max_angle]``.
@@ -138,7 +139,8 @@ def load_fashion_mnist(root: str | os.PathLike = DEFAULT_ROOT, *, seed: int = 0,
   max_angle = float(max_angle)
   if not np.isfinite(max_angle) or max_angle < 0:
     raise ValueError(f'max_angle must be a finite number >= 0, got {max_angle}.')
-  root = base.require_dir(root, 'Fashion-MNIST folder')
+  root = base.require_dir(DEFAULT_ROOT if root is None else root,
+                          'Fashion-MNIST folder (Debian: apt-get install dataset-fashion-mnist)')
   train_x, train_y = _read_pair(root, 'train')
   test_x, test_y = _read_pair(root, 'test')
   if train_x.shape[1:] != test_x.shape[1:]:
