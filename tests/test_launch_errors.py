@@ -2,7 +2,7 @@
 
 Each case writes a tiny CSV image-regression data set (real PNG files) with one defect, points a
 config at it and runs ``python -m launch`` in a subprocess: missing CSV, missing image, corrupt image,
-images of inconsistent shape, NaN label, an empty split.
+images of inconsistent shape, NaN label, an empty split, a truncated test image (found when loading).
 """
 
 import os
@@ -123,3 +123,15 @@ def test_override_of_a_missing_config_field(tmp_path, override, needles):
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   _assert_clean_error(proc, *needles)
   assert not (tmp_path / "run").exists()
+
+
+def test_truncated_test_image_fails_before_training(tmp_path):
+  """issue 16 item 17: a truncated image in the test split is reported when the data are loaded
+  (one `error:` line naming the split and the file), not after all training."""
+  csv, paths = _dataset(tmp_path)
+  data = paths[35].read_bytes()  # rows 32.. are the test split
+  paths[35].write_bytes(data[:len(data) // 2])
+  proc = _launch(tmp_path, csv)
+  _assert_clean_error(proc, "test split", paths[35].name, "truncated")
+  assert "step " not in proc.stdout and "Model " not in proc.stdout, proc.stdout[-2000:]
+  assert not (tmp_path / "run" / "checkpoints").exists()

@@ -6,6 +6,7 @@ CSV); expected values are computed here with NumPy from the formats' definitions
 
 import gzip
 import os
+import re
 import struct
 import zlib
 
@@ -425,11 +426,84 @@ def test_csv_images_errors(tmp_path, png_set):
   # ...and resizing to a fixed size makes them consistent.
   chex.assert_shape(csv_images.load_csv_images(root / 'bad.csv', image_size=5).train.x[:],
                     (2, 5, 5, 1))
-  # A corrupt image file is named when it is decoded.
+  # A corrupt image file fails the load, named with its split; unchecked, it is named when decoded.
   (root / 'img' / 'broken.png').write_bytes(b'\x89PNG garbage')
-  ds = csv_images.load_csv_images(write(good + [('img/broken.png', 9.0, 'train')]))
+  with pytest.raises(ValueError, match=r"'bad', train split: Cannot decode .*broken\.png"):
+    csv_images.load_csv_images(write(good + [('img/broken.png', 9.0, 'train')]))
+  ds = csv_images.load_csv_images(root / 'bad.csv', check_files=False)
   with pytest.raises(ValueError, match=r'Cannot decode .*broken\.png'):
     ds.train.x[1]
+
+
+def _truncate(path, keep=0.6):
+  data = open(path, 'rb').read()
+  with open(path, 'wb') as f:
+    f.write(data[:int(len(data) * keep)])
+
+
+@pytest.mark.parametrize('suffix', ['.png', '.jpg', '.npy'])
+def test_check_image_file_catches_truncation(tmp_path, suffix):
+  """The cheap load-time check (PNG verify, 1/8-scale JPEG decode, NPY memory map) fails on a cut
+  file, as a full decode does, and passes the intact one."""
+  path = str(tmp_path / f'img{suffix}')
+  rng = np.random.default_rng(0)
+  array = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+  if suffix == '.npy':
+    np.save(path, array)
+  else:
+    Image.fromarray(array).save(path)
+  images.check_image_file(path)
+  _truncate(path)
+  with pytest.raises(ValueError, match=r'Cannot decode .*img' + re.escape(suffix)):
+    images.check_image_file(path)
+  with pytest.raises(ValueError, match=r'Cannot decode .*img' + re.escape(suffix)):
+    images.read_image(path)
+  with pytest.raises(FileNotFoundError, match='nothere.png'):
+    images.check_image_file(tmp_path / 'nothere.png')
+
+
+def test_csv_images_truncated_test_image_fails_the_load(png_set):
+  """issue 16 item 17: a truncated image of the test split fails when loading (not after training),
+  with a ValueError naming the split and the file; the other splits' files are checked too."""
+  root, csv_path = png_set
+  _truncate(root / 'img' / '10.png')  # rows 9..11 are the test split
+  with pytest.raises(ValueError, match=r"Dataset 'data', test split: Cannot decode "
+                                       r".*img/10\.png: .*[Tt]runcated"):
+    csv_images.load_csv_images(csv_path)
+  with pytest.raises(ValueError, match=r'test split: .*10\.png'):
+    csv_images.load_csv_images(csv_path, fold=2, workers=3)  # fold 2 = rows 2, 6, 10: test
+  # check_files=False defers the error to the first decode of that image.
+  ds = csv_images.load_csv_images(csv_path, check_files=False)
+  ds.train.x[:]
+  with pytest.raises(ValueError, match=r'10\.png'):
+    ds.test.x[:]
+
+
+def test_lazy_array_check_files_uses_the_cheap_check_or_decodes(tmp_path):
+  calls = []
+
+  class Loader:
+    def __call__(self, i):
+      calls.append(('decode', i))
+      return np.full((2,), i, np.uint8)
+
+    def check(self, i):
+      calls.append(('check', i))
+      if i == 3:
+        raise OSError('image file is truncated')
+
+  x = base.LazyArray(Loader(), 5, (2,), np.uint8, describe=lambda i: f'/data/{i}.png')
+  x.subset([0, 1]).check_files()
+  assert calls == [('check', 0), ('check', 1)]
+  with pytest.raises(ValueError, match=r'Cannot decode /data/3\.png: OSError: image file is '
+                                       r'truncated'):
+    x.subset([2, 3]).check_files()
+  calls.clear()
+  x.subset([3]).check_files(decode=True)  # A full decode does not use the check.
+  assert calls == [('decode', 3)]
+  lazy, decoded = _counting_lazy(4)  # No check: every row is decoded (shape checks included).
+  lazy.check_files()
+  assert sorted(decoded) == [0, 1, 2, 3]
 
 
 # --------------------------------------------------------------------------------------------------

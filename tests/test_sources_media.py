@@ -10,7 +10,9 @@ Sec. IV-B clip sampling, nearest-slice resampling, CHAOS grey-value ranges and p
 from __future__ import annotations
 
 import csv
+import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -203,11 +205,25 @@ def test_echonet_corrupt_and_truncated_videos(tmp_path):
                        overrides={1: {'NumberOfFrames': 40}})
   with open(os.path.join(root, 'Videos', '0X0000.avi'), 'wb') as f:
     f.write(b'not a video' * 20)
-  ds = echonet.load_echonet(root, frames=4, period=4, size=16)
+  with pytest.raises(ValueError, match=r"'echonet', train split: .*0X0000\.avi"):
+    echonet.load_echonet(root, frames=4, period=4, size=16)
+  ds = echonet.load_echonet(root, frames=4, period=4, size=16, check_files=False)
   with pytest.raises(ValueError, match='0X0000.avi'):
     ds.train.x[0]
   with pytest.raises(ValueError, match=r'0X0001\.avi.*NumberOfFrames = 40'):
     ds.train.x[1]
+
+
+def test_echonet_truncated_test_video_fails_the_load(tmp_path):
+  """issue 16 item 17: the val / test clips are decoded when loading, so a truncated test video
+  fails before training, named with its split (a training video is only opened there)."""
+  root = _make_echonet(str(tmp_path), rows=_ECHO_ROWS[:2] + _ECHO_ROWS[4:])
+  path = os.path.join(root, 'Videos', '0X0004.avi')  # rows 4, 5 (of the 6 written) are TEST
+  data = open(path, 'rb').read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"'echonet', test split: .*0X0004\.avi"):
+    echonet.load_echonet(root, frames=4, period=2, size=16)
 
 
 def test_echonet_inconsistent_frame_size(tmp_path):
@@ -335,7 +351,10 @@ def test_mrnet_missing_and_corrupt_files(tmp_path):
   with open(os.path.join(root, 'train', 'axial', '0002.npy'), 'wb') as f:
     f.write(b'garbage' * 10)
   np.save(os.path.join(root, 'train', 'axial', '0003.npy'), np.zeros((6, 8, 5), np.uint8))
-  ds = mrnet.load_mrnet(root, plane='axial', size=_MR_SIDE, slices=2, val_fraction=0.1, seed=0)
+  with pytest.raises(ValueError, match=r"'mrnet', (train|val) split: .*000[23]\.npy"):
+    mrnet.load_mrnet(root, plane='axial', size=_MR_SIDE, slices=2, val_fraction=0.1, seed=0)
+  ds = mrnet.load_mrnet(root, plane='axial', size=_MR_SIDE, slices=2, val_fraction=0.1, seed=0,
+                        check_files=False)
   names = [ds.train.x.name(i) for i in range(len(ds.train))]
   corrupt = [i for i, n in enumerate(names) if n.endswith('0002.npy')]
   narrow = [i for i, n in enumerate(names) if n.endswith('0003.npy')]
@@ -344,6 +363,19 @@ def test_mrnet_missing_and_corrupt_files(tmp_path):
     ds.train.x[corrupt[0]]
   with pytest.raises(ValueError, match=r'0003\.npy.*8x5'):
     ds.train.x[narrow[0]]
+
+
+def test_mrnet_truncated_test_volume_fails_the_load(tmp_path):
+  """issue 16 item 17: a truncated volume of the test split (MRNet's valid/) fails the load."""
+  root = str(tmp_path)
+  _make_mrnet(root)
+  path = sorted(glob.glob(os.path.join(root, 'valid', 'sagittal', '*.npy')))[0]
+  data = open(path, 'rb').read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) - 100])
+  with pytest.raises(ValueError, match=r"'mrnet', test split: Cannot decode .*"
+                                       + re.escape(os.path.basename(path))):
+    mrnet.load_mrnet(root, size=_MR_SIDE)
 
 
 @pytest.mark.parametrize('bad', ['nan', 'inf', '2'])

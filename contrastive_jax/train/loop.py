@@ -589,10 +589,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % config.log_every == 0 or step == num_steps:
         writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
         log.info(progress.line(step, last_metrics))
-      if step % config.eval_every == 0 or step == num_steps:
-        validate(step)
-      if step % config.checkpoint_every == 0 or step == num_steps or stop is not None:
-        save_latest()
+      with progress.paused():  # Evaluation and checkpoints stay out of the ex/s.
+        if step % config.eval_every == 0 or step == num_steps:
+          validate(step)
+        if step % config.checkpoint_every == 0 or step == num_steps or stop is not None:
+          save_latest()
       if stop is not None and step < num_steps:
         latest.wait()
         best.wait()

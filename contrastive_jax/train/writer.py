@@ -7,6 +7,7 @@ Only process 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -60,21 +61,46 @@ class MetricWriter:
 
 
 class Progress:
-  """Step, loss, throughput and ETA on the console every ``every`` steps."""
+  """Step, loss, throughput and ETA on the console every ``every`` steps.
+
+  The throughput is that of the steps since the previous line, without the time spent inside
+  :meth:`paused` (evaluation, checkpoints), so a change of speed shows at once instead of being
+  averaged into the whole run. The ETA is the remaining steps at that recent step time plus the
+  evaluation / checkpoint time per step measured so far.
+  """
 
   def __init__(self, total_steps: int, first_step: int, examples_per_step: int):
     self.total, self.examples = total_steps, examples_per_step
     self._t0, self._s0 = time.perf_counter(), first_step
+    self._paused = 0.0  # seconds inside paused() since the clock started
+    self._last = (self._t0, first_step, 0.0)  # (time, step, paused) at the previous line
 
   def restart_clock(self, step: int) -> None:
     """Restart the throughput clock (after compilation, so it does not count in the ETA)."""
     self._t0, self._s0 = time.perf_counter(), step
+    self._paused = 0.0
+    self._last = (self._t0, step, 0.0)
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time spent inside (evaluation, checkpoint saves) is left out of the throughput."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - start
 
   def line(self, step: int, metrics: dict) -> str:
-    elapsed = time.perf_counter() - self._t0
-    done = max(step - self._s0, 1)
-    per_step = elapsed / done
+    now = time.perf_counter()
+    last_time, last_step, last_paused = self._last
+    if step > last_step:  # The steps since the previous line, evaluation and checkpoints excluded.
+      per_step = max(now - last_time - (self._paused - last_paused), 1e-9) / (step - last_step)
+    else:
+      per_step = (now - self._t0) / max(step - self._s0, 1)
+    self._last = (now, step, self._paused)
+    overhead = self._paused / max(step - self._s0, 1)  # evaluation + checkpoint seconds per step
     text = (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
             f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | "
-            f"{self.examples / per_step:,.0f} ex/s | ETA {_format_seconds(per_step * (self.total - step))}")
+            f"{self.examples / per_step:,.0f} ex/s | "
+            f"ETA {_format_seconds((per_step + overhead) * (self.total - step))}")
     return text

@@ -11,6 +11,9 @@ code (``contrastive_jax.data.pipeline``) indexes only the rows of the batch it b
   a missing file raises ``FileNotFoundError`` naming it, an undecodable one a ``ValueError`` naming
   it, an item of another shape a ``ValueError`` naming the file and both shapes, non-finite values in
   a float item a ``ValueError`` naming the file.
+* ``LazyArray.check_files`` / ``check_split_files``: read every file of every split when loading
+  (header and completeness where the decoder has a cheap check, e.g. PNG chunk CRCs; else a full
+  decode), so a truncated test image fails before training, named with its split.
 * ``check_process`` / ``shard_indices``: the per-process slice of a source in a multi-host run
   (contiguous blocks whose sizes differ by at most one; their union is every index exactly once).
 * ``validate_labels``: float32 labels that are 1-D, non-empty, finite (and optionally not constant),
@@ -30,6 +33,7 @@ Example (a source over PNG files)::
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -90,6 +94,14 @@ class _FileLoader:
 
   def __call__(self, i: int) -> np.ndarray:
     return self.decode(self.paths[i])
+
+  def check(self, i: int) -> None:
+    """``decode.check(paths[i])`` when the decoder has a cheaper check, else a full decode."""
+    check = getattr(self.decode, 'check', None)
+    if check is None:
+      self(i)
+    else:
+      check(self.paths[i])
 
   def describe(self, i: int) -> str:
     path = self.paths[i]
@@ -253,6 +265,31 @@ class LazyArray:
     """How row ``i`` of this array is named in error messages (its file path)."""
     return self._name(self._base_index(int(i)))
 
+  def check_files(self, decode: bool = False) -> None:
+    """Reads every row's file now, so that a damaged file fails before training, not when reached.
+
+    Args:
+      decode: decode every row in full (the errors of indexing, shape checks included). False: the
+        loader's ``check(i)`` where it has one (a cheaper read that still fails on a missing, corrupt
+        or truncated file, e.g. PNG chunk CRCs without inflating; see ``images.check_image_file``),
+        else a full decode.
+
+    Raises:
+      FileNotFoundError: a missing file (named).
+      ValueError: a file that cannot be read or decoded (named); with ``decode``, also a wrong shape,
+        dtype or non-finite values.
+    """
+    check = None if decode else getattr(self._load, 'check', None)
+    one = self._decode if check is None else functools.partial(self._call, check)
+    rows = [self._base_index(p) for p in range(len(self))]
+    if self._workers > 1 and len(rows) > 1:
+      with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+        for _ in pool.map(one, rows):
+          pass
+    else:
+      for i in rows:
+        one(i)
+
   # -- internals -----------------------------------------------------------------------------------
 
   def _base_index(self, position: int) -> int:
@@ -261,9 +298,10 @@ class LazyArray:
   def _name(self, i: int) -> str:
     return self._describe(i) if self._describe is not None else f'item {i}'
 
-  def _decode(self, i: int) -> np.ndarray:
+  def _call(self, load: Callable[[int], Any], i: int) -> Any:
+    """``load(i)``, its errors re-raised naming item ``i`` (``FileNotFoundError`` or ``ValueError``)."""
     try:
-      item = self._load(i)
+      return load(i)
     except FileNotFoundError as exc:
       name = self._name(i)
       if name in str(exc):
@@ -276,7 +314,9 @@ class LazyArray:
       raise decode_error(name, exc) from exc
     except Exception as exc:  # pylint: disable=broad-except  # Decoder libraries raise anything.
       raise decode_error(self._name(i), exc) from exc
-    item = np.asarray(item)
+
+  def _decode(self, i: int) -> np.ndarray:
+    item = np.asarray(self._call(self._load, i))
     check_item_shape(item, self._item_shape, self._name(i))
     if item.dtype != self._dtype:
       if not np.can_cast(item.dtype, self._dtype, 'safe'):
@@ -408,8 +448,33 @@ def fold_indices(folds, fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return train, val, test
 
 
+def check_split_files(name: str, splits: Mapping[str, Split], decode: Sequence[str] = ()) -> None:
+  """Reads the files of every split before training (``LazyArray.check_files``), so that a damaged
+  file in the val or test split does not surface only at the first evaluation, or after training.
+
+  Args:
+    name: the dataset's name, for the error message.
+    splits: ``{'train': Split, 'val': Split, 'test': Split}``; numpy inputs / labels are skipped.
+    decode: the splits decoded in full (the others get the loader's cheaper check, if it has one).
+
+  Raises:
+    FileNotFoundError / ValueError: the first bad file, named together with its split, e.g.
+      ``Dataset 'bmd', test split: Cannot decode /data/7.png: OSError: image file is truncated``.
+  """
+  for part, split in splits.items():
+    for array in (split.x, split.y):
+      if not isinstance(array, LazyArray):
+        continue
+      try:
+        array.check_files(decode=part in decode)
+      except FileNotFoundError as exc:
+        raise FileNotFoundError(f'Dataset {name!r}, {part} split: {exc}') from exc
+      except ValueError as exc:
+        raise ValueError(f'Dataset {name!r}, {part} split: {exc}') from exc
+
+
 def make_dataset(name: str, kind: str, x, y: np.ndarray,
-                 parts: Mapping[str, np.ndarray]) -> Dataset:
+                 parts: Mapping[str, np.ndarray], *, check_files: bool = False) -> Dataset:
   """Cuts ``x`` / ``y`` into the ``train`` / ``val`` / ``test`` splits of a ``Dataset``.
 
   Args:
@@ -418,10 +483,12 @@ def make_dataset(name: str, kind: str, x, y: np.ndarray,
     x: ``[N, ...]`` numpy array or ``LazyArray``.
     y: ``[N]`` labels (validated with ``validate_labels``).
     parts: ``{'train': idx, 'val': idx, 'test': idx}`` row indices into ``x`` / ``y``.
+    check_files: read the files of every split now (``check_split_files``; lazy ``x`` only).
 
   Raises:
     ValueError: unknown ``kind``, missing part, an empty split, ``x`` and ``y`` of different
-      lengths, non-finite labels.
+      lengths, non-finite labels; with ``check_files`` a damaged file (named, with its split).
+    FileNotFoundError: with ``check_files``, a missing file (named, with its split).
   """
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}.')
@@ -436,4 +503,6 @@ def make_dataset(name: str, kind: str, x, y: np.ndarray,
     if idx.size == 0:
       raise ValueError(f'Dataset {name!r}: the {part} split is empty.')
     splits[part] = Split(x=subset(x, idx), y=y[idx])
+  if check_files:
+    check_split_files(name, splits)
   return Dataset(name=name, kind=kind, **splits)

@@ -126,11 +126,14 @@ def resolve_paths(values: Sequence[str], root: str, *, check_files: bool = True)
 
 def image_dataset(name: str, paths: Sequence[str], labels: np.ndarray,
                   parts: Mapping[str, np.ndarray], *, image_size=None, channels=None,
-                  resize: str = 'crop', workers: int = 1) -> Dataset:
+                  resize: str = 'crop', workers: int = 1, check_files: bool = True) -> Dataset:
   """A lazy uint8 image ``Dataset`` over ``paths``; the item shape comes from the size or file 0.
 
   With ``image_size`` and ``channels`` both given nothing is decoded here; otherwise the first
-  training image is decoded once to learn the missing part of the shape.
+  training image is decoded once to learn the missing part of the shape. ``check_files``: every
+  file of every split is checked now (``images.check_image_file``: header and completeness, e.g.
+  PNG chunk CRCs, a 1/8-scale JPEG decode), so that a truncated val or test image fails before
+  training, named with its split.
   """
   decoder = images.ImageDecoder(image_size, channels, resize)
   if decoder.size is not None and channels is not None:
@@ -139,7 +142,7 @@ def image_dataset(name: str, paths: Sequence[str], labels: np.ndarray,
     first = paths[int(np.asarray(parts['train'])[0])] if len(parts['train']) else paths[0]
     item_shape = decoder(first).shape
   x = base.LazyArray.from_files(paths, decoder, item_shape, np.uint8, workers=workers)
-  return base.make_dataset(name, 'image', x, labels, parts)
+  return base.make_dataset(name, 'image', x, labels, parts, check_files=check_files)
 
 
 def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | None = None,
@@ -162,7 +165,9 @@ def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | N
     image_size: None (keep the stored size; all images must match), an int or ``(height, width)``.
     channels: 1 (grey), 3 (RGB) or None (as stored, taken from the first image).
     resize: ``'crop'`` (centre crop to the aspect ratio, then resize) or ``'stretch'``.
-    check_files: check that every listed file exists when loading (errors list the missing ones).
+    check_files: check every listed file when loading: that it exists (errors list the missing
+      ones) and that it is a complete image (``images.check_image_file``; the first damaged file is
+      named with its split). False skips both (the files are then only read when first used).
     workers: decoding threads per batch (``base.LazyArray``).
     name: dataset name; default the CSV's file name without suffix.
 
@@ -172,7 +177,8 @@ def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | N
   Raises:
     FileNotFoundError: the CSV or an image file is missing (named).
     ValueError: bad columns / labels (NaN, inf, not a number) / split names / folds, an empty
-      split, images of inconsistent shape (named when decoded).
+      split, a corrupt or truncated image (named with its split, with ``check_files``), images of
+      inconsistent shape (named when decoded).
   """
   csv_path = os.fspath(csv_path)
   table = read_table(csv_path, [path_column, label_column])
@@ -201,4 +207,4 @@ def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | N
       raise ValueError(f'{csv_path}: the {part} split is empty.')
   name = name or os.path.splitext(os.path.basename(csv_path))[0]
   return image_dataset(name, paths, labels, parts, image_size=image_size, channels=channels,
-                       resize=resize, workers=workers)
+                       resize=resize, workers=workers, check_files=check_files)

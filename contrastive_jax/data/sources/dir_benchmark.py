@@ -60,7 +60,7 @@ def load_dir_benchmark(root: str | os.PathLike, *, seed: int = 0, dataset: str =
     split_mode: ``'balanced'`` (the benchmark's split column) or ``'natural'`` (random, same sizes).
     csv_path: the meta file; default ``root/agedb.csv`` or ``root/imdb_wiki.csv``.
     image_size: output size (int or ``(height, width)``); 224 as in the DIR benchmark.
-    check_files: check at load time that every image exists.
+    check_files: check at load time that every image exists and is complete (not truncated).
     workers: decoding threads per batch.
 
   Returns:
@@ -89,4 +89,4 @@ def load_dir_benchmark(root: str | os.PathLike, *, seed: int = 0, dataset: str =
     parts = natural_parts({k: len(v) for k, v in parts.items()}, seed)
   name = f'{dataset}_{"dir" if split_mode == "balanced" else "natural"}'
   return csv_images.image_dataset(name, paths, ages, parts, image_size=image_size, channels=3,
-                                  workers=workers)
+                                  workers=workers, check_files=check_files)

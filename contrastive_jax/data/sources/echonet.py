@@ -119,6 +119,20 @@ class _VideoLoader:
   def __call__(self, i: int) -> np.ndarray:
     return self.decoder(self.paths[i], self.expected[i])
 
+  def check(self, i: int) -> None:
+    """The cheap load-time check of a training video: it opens and its first frame decodes."""
+    import cv2  # pylint: disable=g-import-not-at-top
+    path = base.require_file(self.paths[i], 'EchoNet video')
+    capture = cv2.VideoCapture(path)
+    try:
+      if not capture.isOpened():
+        raise base.decode_error(path, 'OpenCV cannot open it as a video (corrupt or not an AVI)')
+      ok, frame = capture.read()
+      if not ok or frame is None:
+        raise base.decode_error(path, 'no frame could be decoded')
+    finally:
+      capture.release()
+
   def describe(self, i: int) -> str:
     return self.paths[i]
 
@@ -159,7 +173,7 @@ def _optional_int(row: dict[str, str], column: str, csv_path: str, line: int) ->
 
 def load_echonet(root: str | os.PathLike, *, seed: int = 0, frames: int = 32, period: int = 2,
                  size: int = 112, train_window: int | None = None, target: str = 'EF',
-                 workers: int = 1) -> Dataset:
+                 workers: int = 1, check_files: bool = True) -> Dataset:
   """EchoNet-Dynamic as a ``Dataset`` of lazy uint8 clips and float32 targets.
 
   Args:
@@ -173,6 +187,10 @@ def load_echonet(root: str | os.PathLike, *, seed: int = 0, frames: int = 32, pe
       on-device frame jitter picks ``frames`` consecutive ones. Default ``2 * frames``.
     target: ``'EF'`` (default, AdaCon's LVEF in %), ``'ESV'`` or ``'EDV'``.
     workers: threads decoding the videos of one batch.
+    check_files: read the videos when loading, so that a damaged one fails before training (named
+      with its split): the val and test clips are decoded in full (what every evaluation decodes
+      anyway; a truncated video is caught by its frame count), training videos must open and
+      decode their first frame (a full decode of the training windows would cost an epoch).
 
   Returns:
     ``Dataset(name='echonet', kind='video')``; ``x`` are ``base.LazyArray``s of uint8 ``[N, T, size,
@@ -181,7 +199,8 @@ def load_echonet(root: str | os.PathLike, *, seed: int = 0, frames: int = 32, pe
 
   Raises:
     FileNotFoundError: no ``FileList.csv`` or a listed video missing (named).
-    ValueError: bad arguments, unknown ``Split`` values, non-finite targets, an empty split.
+    ValueError: bad arguments, unknown ``Split`` values, non-finite targets, an empty split; with
+      ``check_files`` a corrupt or truncated video (named with its split).
   """
   if target not in TARGETS:
     raise ValueError(f'target must be one of {TARGETS}, got {target!r}.')
@@ -232,4 +251,6 @@ def load_echonet(root: str | os.PathLike, *, seed: int = 0, frames: int = 32, pe
     x = base.LazyArray(loader, len(paths), (count, size, size, 3), np.uint8,
                        describe=loader.describe, workers=workers)
     splits[name] = Split(x=x, y=y)
+  if check_files:
+    base.check_split_files('echonet', splits, decode=('val', 'test'))
   return Dataset(name='echonet', kind='video', **splits)

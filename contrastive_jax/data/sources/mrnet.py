@@ -54,6 +54,13 @@ class VolumeDecoder:
     self.size = size
 
   def __call__(self, path: str) -> np.ndarray:
+    volume = self.check(path)
+    picked = np.asarray(volume[slice_indices(volume.shape[0], self.slices)])
+    return picked[..., None]
+
+  def check(self, path: str) -> np.ndarray:
+    """The volume memory-mapped (nothing read): header, shape and dtype checked; a truncated file
+    fails the mapping. ``base.LazyArray.check_files`` runs this over every split when loading."""
     base.require_file(path, 'MRNet volume')
     try:
       volume = np.load(path, mmap_mode='r', allow_pickle=False)
@@ -67,8 +74,7 @@ class VolumeDecoder:
                        f'{self.size}x{self.size} like the other MRNet volumes.')
     if volume.dtype != np.uint8:
       raise ValueError(f'{path}: dtype {volume.dtype}, expected uint8 as in the MRNet release.')
-    picked = np.asarray(volume[slice_indices(volume.shape[0], self.slices)])
-    return picked[..., None]
+    return volume
 
 
 def read_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -132,7 +138,7 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 
 def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
                plane: str = 'sagittal', slices: int = 16, val_fraction: float = 0.1,
-               size: int = SLICE_SIZE, workers: int = 1) -> Dataset:
+               size: int = SLICE_SIZE, workers: int = 1, check_files: bool = True) -> Dataset:
   """MRNet as a ``Dataset`` of lazy uint8 volumes and binary float32 labels.
 
   Args:
@@ -145,6 +151,8 @@ def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
     size: the slice size every volume must have (MRNet: 256; a volume of another size is an error
       naming it, nothing is resized).
     workers: threads decoding the volumes of one batch.
+    check_files: check every volume of every split when loading (header, shape, dtype, size:
+      ``VolumeDecoder.check``, nothing decoded), so a damaged file fails before training.
 
   Returns:
     ``Dataset(name='mrnet', kind='volume')``: ``x`` uint8 ``[N, slices, size, size, 1]``
@@ -190,4 +198,4 @@ def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
                                 (int(slices), int(size), int(size), 1), np.uint8,
                                 workers=workers)
   parts = {'train': train_pool[keep], 'val': train_pool[held], 'test': np.flatnonzero(is_test)}
-  return base.make_dataset('mrnet', 'volume', x, y, parts)
+  return base.make_dataset('mrnet', 'volume', x, y, parts, check_files=check_files)
