@@ -100,8 +100,13 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
 
 def test_rerun_of_finished_run_reports_same_results(tmp_path):
   first = train_and_evaluate(tiny_config(steps=10), str(tmp_path))
+  outputs = lambda: (sorted(os.listdir(tmp_path / "tensorboard")),
+                     (tmp_path / "metrics.jsonl").read_text(),
+                     (tmp_path / "results.json").read_text())
+  before = outputs()
   again = train_and_evaluate(tiny_config(steps=10), str(tmp_path))
-  assert again == first
+  assert again == json.loads(json.dumps(first))
+  assert outputs() == before  # finished: no metrics line, no TensorBoard file, results untouched
 
 
 def test_resume_refuses_a_different_config_unless_forced(tmp_path):

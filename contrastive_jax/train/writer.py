@@ -60,21 +60,39 @@ class MetricWriter:
 
 
 class Progress:
-  """Step, loss, throughput and ETA on the console every ``every`` steps."""
+  """Step, loss, throughput and ETA on the console every ``every`` steps.
+
+  The throughput and ETA are measured from :meth:`restart_clock` (called after the first step, which
+  includes compilation); a line with no timed step since then shows ``-- ex/s | ETA --``.
+  """
 
   def __init__(self, total_steps: int, first_step: int, examples_per_step: int):
     self.total, self.examples = total_steps, examples_per_step
     self._t0, self._s0 = time.perf_counter(), first_step
+    self._compile_t0 = None
+
+  def compiling(self) -> None:
+    """Logs that the first step (which compiles the train step) starts; :meth:`restart_clock` then
+    logs how long it took."""
+    self._compile_t0 = time.perf_counter()
+    logging.getLogger("contrastive_jax").info("Compiling the train step...")
 
   def restart_clock(self, step: int) -> None:
     """Restart the throughput clock (after compilation, so it does not count in the ETA)."""
-    self._t0, self._s0 = time.perf_counter(), step
+    now = time.perf_counter()
+    if self._compile_t0 is not None:
+      logging.getLogger("contrastive_jax").info("Compiled in %.1f s (the first step included).",
+                                                now - self._compile_t0)
+      self._compile_t0 = None
+    self._t0, self._s0 = now, step
 
   def line(self, step: int, metrics: dict) -> str:
-    elapsed = time.perf_counter() - self._t0
-    done = max(step - self._s0, 1)
-    per_step = elapsed / done
-    text = (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
-            f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | "
-            f"{self.examples / per_step:,.0f} ex/s | ETA {_format_seconds(per_step * (self.total - step))}")
-    return text
+    done = step - self._s0
+    if done >= 1:
+      per_step = (time.perf_counter() - self._t0) / done
+      rate = (f"{self.examples / per_step:,.0f} ex/s | "
+              f"ETA {_format_seconds(per_step * (self.total - step))}")
+    else:  # nothing timed since compilation yet
+      rate = "-- ex/s | ETA --"
+    return (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
+            f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | {rate}")
