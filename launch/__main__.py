@@ -5,7 +5,9 @@ r"""Starts a training run from an ml_collections config file.
       --config.num_train_steps=2000 --config.loss.gamma_con=0.01
 
 Any config field can be overridden with ``--config.<field>=value``; an unknown field is an error.
-Re-running the same command with the same ``--workdir`` resumes from the latest checkpoint.
+Re-running the same command with the same ``--workdir`` resumes from the latest checkpoint; a run
+that already finished reports its results and writes nothing. A bad command line, config or workdir
+stops with one ``error:`` line (exit status 2), before any data are read.
 
 ``config.task`` selects the trainer (default: the contrastive-regression trainer
 ``contrastive_jax.train.train_and_evaluate``); see :data:`TASKS`.
@@ -95,7 +97,7 @@ USAGE = ("usage: python -m launch --config=configs/<name>.py[:<variant>] --workd
 _HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 
 
-class _LaunchError(Exception):
+class LaunchError(Exception):
   """A bad command line or config: reported as one ``error:`` line (see :func:`_exit_with`)."""
 
 
@@ -115,7 +117,8 @@ def config_variants(path: str):
     tree = ast.parse(f.read(), filename=path)
   variants = default = None
   for node in tree.body:
-    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "VARIANTS" for t in node.targets):
+    targets = getattr(node, "targets", ())
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "VARIANTS" for t in targets):
       try:
         variants = tuple(ast.literal_eval(node.value))
       except ValueError:
@@ -137,7 +140,7 @@ def _config_files() -> list:
 
 
 def configs_help() -> str:
-  """The configs in ``configs/`` with their variants (the default first), one per line."""
+  """The configs in ``configs/``, each with its variants (the default marked *) and summary."""
   lines = [f"Configs (--config={os.path.relpath(CONFIG_DIR)}/<name>.py[:<variant>]; the "
            "default variant is marked *):"]
   for path in _config_files():
@@ -173,20 +176,20 @@ def _config_argument(argv) -> str:
 
 
 def check_config_argument(value: str) -> None:
-  """Raises :class:`_LaunchError` when ``--config=<path>[:<variant>]`` names no file, or a variant
+  """Raises :class:`LaunchError` when ``--config=<path>[:<variant>]`` names no file, or a variant
   that the file's ``VARIANTS`` lacks (listing the valid ones)."""
   path, has_variant, variant = value.partition(":")
   if not os.path.isfile(path):
     available = ", ".join(os.path.relpath(p) for p in _config_files())
-    raise _LaunchError(f"--config={value}: the config file {path!r} does not exist"
+    raise LaunchError(f"--config={value}: the config file {path!r} does not exist"
                        + (f" (available: {available})." if available else "."))
   try:
     variants, default, _ = config_variants(path)
   except SyntaxError as e:
-    raise _LaunchError(f"--config={value}: {path} is not valid Python: {e}") from e
+    raise LaunchError(f"--config={value}: {path} is not valid Python: {e}") from e
   if has_variant and variants is not None and variant not in variants:
     close = difflib.get_close_matches(variant, variants, n=1)
-    raise _LaunchError(f"--config={value}: Unknown config variant {variant!r} of {path}"
+    raise LaunchError(f"--config={value}: Unknown config variant {variant!r} of {path}"
                        + (f" (did you mean {close[0]!r}?)" if close else "")
                        + f"; its variants: {', '.join(variants)} (default {default!r}).")
 
@@ -206,13 +209,17 @@ def _parse_flags(argv):
   variant, an override of a field the config lacks or of the wrong type) reported as one ``error:``
   line instead of a traceback, and ``--help`` listing the configs (exit status 0)."""
   if any(arg in _HELP_FLAGS for arg in argv[1:]):
-    _print_help()
+    try:
+      _print_help()
+      sys.stdout.flush()
+    except BrokenPipeError:  # `--help | head`: the reader left; exit quietly
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   config_value = _config_argument(argv[1:])
   if config_value is not None:
     try:
       check_config_argument(config_value)
-    except _LaunchError as e:
+    except LaunchError as e:
       _exit_with(str(e))
   try:
     return flags.FLAGS(argv)
@@ -224,8 +231,8 @@ def _parse_flags(argv):
     detail = " ".join(str(e.args[0] if e.args else e).split())
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     _exit_with(f"a config override names a field the config does not have: {detail} "
-               f"(overrides given: {', '.join(overrides)}). The fields are those of the config file "
-               "and of contrastive_jax/train/defaults.py.")
+               f"(overrides given: {', '.join(overrides)}). The fields are those of the config "
+               "file and of contrastive_jax/train/defaults.py.")
   except flags.Error as e:  # missing --config / --workdir, a value of the wrong type
     missing = [f"--{name}" for name in ("config", "workdir") if f"--{name}=None" in str(e)]
     if missing:
@@ -236,21 +243,24 @@ def _parse_flags(argv):
     _exit_with(f"--config={config_value}: {_one_line(e)}")
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str) -> bool:
   """Creates ``workdir`` if needed and checks that a file can be written there; raises
-  :class:`_LaunchError` naming it otherwise (a file in the way, a read-only place)."""
+  :class:`LaunchError` naming it otherwise (a file in the way, a read-only place). Returns whether
+  it was created."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise _LaunchError(f"--workdir={workdir} is a file, not a directory.")
+    raise LaunchError(f"--workdir={workdir} is a file, not a directory.")
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise _LaunchError(f"--workdir={workdir} cannot be created: {e.strerror or e}.") from e
+    raise LaunchError(f"--workdir={workdir} cannot be created: {e.strerror or e}.") from e
   try:
     with tempfile.TemporaryFile(dir=workdir, prefix=".write-check-"):
       pass
   except OSError as e:
-    raise _LaunchError(f"--workdir={workdir} is not writable (a test file could not be created "
+    raise LaunchError(f"--workdir={workdir} is not writable (a test file could not be created "
                        f"there: {e.strerror or e}).") from e
+  return created
 
 
 def main(argv):
@@ -261,8 +271,8 @@ def main(argv):
   from contrastive_jax.train import run_checks  # pylint: disable=g-import-not-at-top
   try:
     run_checks.check_run_control(config)
-    check_workdir(_WORKDIR.value)
-  except (ValueError, OSError, _LaunchError) as e:
+    created = check_workdir(_WORKDIR.value)
+  except (ValueError, OSError, LaunchError) as e:
     _exit_with(str(e))
   _configure_logging()
   _initialize_distributed()
@@ -272,6 +282,11 @@ def main(argv):
     train = _trainer(config.get("task", "regression"))
     results = train(config, _WORKDIR.value)
   except (ValueError, FloatingPointError, OSError) as e:  # bad input: one clear line
+    if created:  # refused before writing anything (e.g. a typo in a config field): leave no trace
+      try:
+        os.rmdir(_WORKDIR.value)
+      except OSError:
+        pass
     _exit_with(str(e).strip() or type(e).__name__)
   import jax  # pylint: disable=g-import-not-at-top
   if results.get("status") != "stopped" and jax.process_index() == 0:  # Process 0 reports.

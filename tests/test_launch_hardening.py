@@ -212,6 +212,31 @@ def test_closes_resources_on_return_and_on_error():
   assert run_checks.opened(Resource("c")).name == "c"  # outside a trainer: not registered
 
 
+def test_check_restorable_names_the_parameters_that_changed_shape():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  class Saved:
+    directory = "/runs/x/checkpoints"
+
+    def saved_shapes(self):
+      return {"params": {"head": {"kernel": (4, 2), "bias": (2,)}, "old": {"w": (3,)}},
+              "batch_stats": {}}
+
+  class State:
+    params = {"head": {"kernel": np.zeros((4, 3)), "bias": np.zeros(2)}, "new": {"w": np.zeros(3)}}
+    batch_stats = {}
+
+  with pytest.raises(ValueError, match="different model") as raised:
+    run_checks.check_restorable(Saved(), State())
+  message = str(raised.value)
+  assert "params.head.kernel: checkpoint (4, 2) vs now (4, 3)" in message
+  assert "params.old: not in the model" in message
+  assert "params.new: not in the checkpoint" in message
+  State.params = {"head": {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)},
+                  "old": {"w": np.zeros(3)}}
+  run_checks.check_restorable(Saved(), State())  # same shapes: restorable
+
+
 def test_progress_shows_no_rate_before_a_timed_step(caplog):
   progress = Progress(total_steps=10, first_step=0, examples_per_step=32)
   metrics = {"loss": 1.0, "loss_reg": 0.5, "loss_con": 0.5, "lr": 0.1}
@@ -251,5 +276,11 @@ def test_launcher_compiles_finishes_once_and_fails_cleanly_after_a_checkpoint(tm
   # an Orbax manager left open.
   forced = _launch(*TINY, f"--workdir={workdir}", "--config.resume=force",
                    "--config.model.proj_dim=64")
-  _assert_one_error_line(forced, "shape")
+  _assert_one_error_line(forced, "different model", "params.projector.dense_out.kernel",
+                         "checkpoint (16, 128) vs now (16, 64)")
   assert "Event loop is closed" not in forced.stderr
+
+  # An error in the trainer, before it writes anything: the workdir the launcher created is removed.
+  typo = _launch(*TINY, f"--workdir={tmp_path / 'typo'}", "--config.method=adacn")
+  _assert_one_error_line(typo, "adacn")
+  assert not (tmp_path / "typo").exists()

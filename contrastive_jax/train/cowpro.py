@@ -274,6 +274,7 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   meta = {'config': config_identity(config), 'history': []}
   if ckpt.latest_step() is not None:
+    run_checks.check_restorable(ckpt, state)
     state, saved = ckpt.restore(state)
     differences = config_differences(saved.get('config', {}), meta['config'])
     if differences and config.get('resume', 'auto') != 'force':

@@ -502,6 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   meta = {"best_step": -1, "val_best": None, "config": config_identity(config),
           "init_from": init_from}
   if latest.latest_step() is not None:
+    run_checks.check_restorable(latest, state)
     restored, saved_meta = latest.restore(state)
     differences = config_differences(saved_meta.get("config", {}), meta["config"])
     if differences and config.get("resume", "auto") != "force":

@@ -187,6 +187,7 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
            f'{num_params:,}', jig.num_classes, jig.permutations, len(dataset.train),
            dataset.train.x.shape[1:])
   if resume:
+    run_checks.check_restorable(ckpt, state)
     state, _ = ckpt.restore(state)
     log.info('Resumed from step %d of %s.', int(state.step), ckpt.directory)
 

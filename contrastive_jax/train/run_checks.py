@@ -5,9 +5,11 @@
   its start).
 * :func:`finished_results`: the stored results of a run that already finished, so that re-running it
   rewrites nothing.
+* :func:`check_restorable`: a checkpoint whose parameter shapes the model no longer has is refused
+  by name before Orbax tries to read it.
 * :func:`closes_resources` / :func:`opened`: checkpoint managers and metric writers closed on every
-  way out of a trainer, errors included (an Orbax manager left open at exit prints asyncio "Event loop
-  is closed" tracebacks after the error message).
+  way out of a trainer, errors included (an Orbax manager left open at exit prints asyncio "Event
+  loop is closed" tracebacks after the error message).
 
 Imports no JAX: the launcher uses it to refuse a bad config in a fraction of a second.
 """
@@ -21,7 +23,7 @@ import logging
 import math
 import numbers
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 log = logging.getLogger("contrastive_jax")
 
@@ -93,6 +95,40 @@ def finished_results(workdir: str, step: int, num_train_steps: int) -> Optional[
   log.info("This run already finished (%d steps): nothing to do; results in %s. (A larger "
            "num_train_steps continues it; a new --workdir starts afresh.)", int(step), path)
   return results
+
+
+def _shape_differences(saved, current, path: str) -> list:
+  if isinstance(saved, Mapping) or isinstance(current, Mapping):
+    saved = saved if isinstance(saved, Mapping) else {}
+    current = current if isinstance(current, Mapping) else {}
+    out = []
+    for key in sorted(set(saved) | set(current), key=str):
+      if key not in saved:
+        out.append(f"{path}.{key}: not in the checkpoint")
+      elif key not in current:
+        out.append(f"{path}.{key}: not in the model")
+      else:
+        out += _shape_differences(saved[key], current[key], f"{path}.{key}")
+    return out
+  now = tuple(getattr(current, "shape", ()))
+  return [] if tuple(saved) == now else [f"{path}: checkpoint {tuple(saved)} vs now {now}"]
+
+
+def check_restorable(checkpointer, state) -> None:
+  """Raises a ValueError naming the parameters whose shapes differ between the latest checkpoint of
+  ``checkpointer`` and ``state`` (e.g. ``model.proj_dim`` changed under ``resume=force``), before a
+  restore that would fail deep inside Orbax (and leave TensorStore reads racing the interpreter's
+  exit: asyncio "Event loop is closed" tracebacks)."""
+  saved = checkpointer.saved_shapes()
+  differences = []
+  for name in ("params", "batch_stats"):
+    differences += _shape_differences(saved[name], getattr(state, name, None) or {}, name)
+  if differences:
+    shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4
+                                          else "")
+    raise ValueError(f"The checkpoint in {checkpointer.directory} was written with a different "
+                     f"model: {shown}. Use a new --workdir, or the config the checkpoint was written "
+                     "with (resume=force cannot change parameter shapes).")
 
 
 _OPENED: contextvars.ContextVar = contextvars.ContextVar("contrastive_jax_opened", default=None)
