@@ -8,6 +8,10 @@ loss needs the model's predictions: the train step passes them stop-gradient, in
 from contrastive_jax.train.defaults import base_config
 
 
+# The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
+VARIANTS = ("digits_angle", "diabetes")
+
+
 def get_config(variant: str = "digits_angle"):
   config = base_config(variant)
   config.method = "conr"

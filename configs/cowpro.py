@@ -15,6 +15,10 @@ import ml_collections
 from contrastive_jax.data.cowpro import ORGAN_IDS
 
 
+# The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
+VARIANTS = ('synthetic', 'chaos')
+
+
 def get_config(variant: str = 'synthetic'):
   """``variant``: 'synthetic' (phantoms, small encoder, CPU) or 'chaos' (the thesis set-up)."""
   if variant not in ('synthetic', 'chaos'):

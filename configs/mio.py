@@ -17,6 +17,10 @@ from configs.simclr import ssl_image_config
 IMAGE_VARIANTS = ("fashion_mnist", "cifar10", "imagenet100", "imagenet")
 
 
+# The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
+VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "cifar10", "imagenet100", "imagenet")
+
+
 def get_config(variant: str = "digits_angle"):
   if variant in DATASET_VARIANTS:
     config = self_supervised(base_config(variant))

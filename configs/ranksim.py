@@ -6,6 +6,10 @@ r"""RankSim: ranking similarity regularizer (Gong et al., ICML 2022).
 from contrastive_jax.train.defaults import base_config
 
 
+# The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
+VARIANTS = ("digits_angle", "diabetes")
+
+
 def get_config(variant: str = "digits_angle"):
   config = base_config(variant)
   config.method = "ranksim"

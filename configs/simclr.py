@@ -194,6 +194,10 @@ def ssl_image_config(variant: str) -> ml_collections.ConfigDict:
   return c
 
 
+# The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
+VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "cifar10", "imagenet", "imagenet100")
+
+
 def get_config(variant: str = "digits_angle"):
   if variant in DATASET_VARIANTS:
     config = self_supervised(base_config(variant))

@@ -7,6 +7,10 @@ Variants: `configs/supcon.py:digits_angle` (default), `configs/supcon.py:diabete
 from contrastive_jax.train.defaults import base_config
 
 
+# The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
+VARIANTS = ("digits_angle", "diabetes")
+
+
 def get_config(variant: str = "digits_angle"):
   config = base_config(variant)
   config.method = "supcon"

@@ -10,10 +10,20 @@ Importing the package has no side effects. Sub-packages:
 * ``contrastive_jax.evaluate`` regression metrics
 """
 
-from contrastive_jax import data
-from contrastive_jax import evaluate
-from contrastive_jax import losses
-from contrastive_jax import models
-from contrastive_jax import pairwise
+import importlib
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562), so that ``import contrastive_jax.train.defaults`` (every config
+# file) does not import JAX: the launcher reports a bad config or flag in a fraction of a second.
+_SUBPACKAGES = ("data", "evaluate", "losses", "models", "pairwise")
+
+
+def __getattr__(name):
+  if name in _SUBPACKAGES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_SUBPACKAGES))

@@ -5,15 +5,21 @@ r"""Starts a training run from an ml_collections config file.
       --config.num_train_steps=2000 --config.loss.gamma_con=0.01
 
 Any config field can be overridden with ``--config.<field>=value``; an unknown field is an error.
-Re-running the same command with the same ``--workdir`` resumes from the latest checkpoint.
+Re-running the same command with the same ``--workdir`` resumes from the latest checkpoint; a run
+that already finished reports its results and writes nothing. A bad command line, config or workdir
+stops with one ``error:`` line (exit status 2), before any data are read.
 
 ``config.task`` selects the trainer (default: the contrastive-regression trainer
 ``contrastive_jax.train.train_and_evaluate``); see :data:`TASKS`.
 """
 
+import ast
+import difflib
 import importlib
 import logging as std_logging
+import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -84,35 +90,204 @@ def _configure_logging() -> None:
     ours.addHandler(handler)
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+USAGE = ("usage: python -m launch --config=configs/<name>.py[:<variant>] --workdir=<dir> "
+         "[--config.<field>=<value> ...]\n(python -m launch --help lists the configs and their "
+         "variants.)")
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+
+
+class LaunchError(Exception):
+  """A bad command line or config: reported as one ``error:`` line (see :func:`_exit_with`)."""
+
+
+def _exit_with(message: str, usage: bool = False) -> None:
+  """Exits with status 2 after one ``error:`` line on stderr (the usage lines above it if asked)."""
+  if usage:
+    print(USAGE, file=sys.stderr)
+  print(f"error: {str(message).strip()}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def config_variants(path: str):
+  """``(variants, default variant, first docstring line)`` of a config file, read without running
+  it (so without importing JAX): its literal ``VARIANTS`` tuple (None if it has none) and the
+  default of ``get_config``'s argument."""
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read(), filename=path)
+  variants = default = None
+  for node in tree.body:
+    targets = getattr(node, "targets", ())
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "VARIANTS" for t in targets):
+      try:
+        variants = tuple(ast.literal_eval(node.value))
+      except ValueError:
+        variants = None
+    elif isinstance(node, ast.FunctionDef) and node.name == "get_config" and node.args.defaults:
+      try:
+        default = ast.literal_eval(node.args.defaults[-1])
+      except ValueError:
+        default = None
+  doc = (ast.get_docstring(tree) or "").strip().splitlines()
+  return variants, default, doc[0] if doc else ""
+
+
+def _config_files() -> list:
+  if not os.path.isdir(CONFIG_DIR):
+    return []
+  return sorted(os.path.join(CONFIG_DIR, name) for name in os.listdir(CONFIG_DIR)
+                if name.endswith(".py") and not name.startswith("_"))
+
+
+def configs_help() -> str:
+  """The configs in ``configs/``, each with its variants (the default marked *) and summary."""
+  lines = [f"Configs (--config={os.path.relpath(CONFIG_DIR)}/<name>.py[:<variant>]; the "
+           "default variant is marked *):"]
+  for path in _config_files():
+    try:
+      variants, default, doc = config_variants(path)
+    except (OSError, SyntaxError) as e:
+      lines.append(f"  {os.path.basename(path):14s} (unreadable: {e})")
+      continue
+    names = ", ".join(v + ("*" if v == default else "") for v in variants or ())
+    lines.append(f"  {os.path.basename(path):14s} {names or '(no variants)'}")
+    if doc:
+      lines.append(f"  {'':14s}   {doc}")
+  return "\n".join(lines)
+
+
+def _print_help() -> None:
+  print((__doc__ or "").strip() + "\n")
+  print("Flags:")
+  print(flags.FLAGS.main_module_help() or flags.FLAGS.module_help(sys.modules[__name__]))
+  print("\n" + configs_help())
+  print("\n(--helpfull lists every flag, those of absl and JAX included.)")
+
+
+def _config_argument(argv) -> str:
+  """The value of the last ``--config`` / ``--config=`` argument, or None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def check_config_argument(value: str) -> None:
+  """Raises :class:`LaunchError` when ``--config=<path>[:<variant>]`` names no file, or a variant
+  that the file's ``VARIANTS`` lacks (listing the valid ones)."""
+  path, has_variant, variant = value.partition(":")
+  if not os.path.isfile(path):
+    available = ", ".join(os.path.relpath(p) for p in _config_files())
+    raise LaunchError(f"--config={value}: the config file {path!r} does not exist"
+                       + (f" (available: {available})." if available else "."))
+  try:
+    variants, default, _ = config_variants(path)
+  except SyntaxError as e:
+    raise LaunchError(f"--config={value}: {path} is not valid Python: {e}") from e
+  if has_variant and variants is not None and variant not in variants:
+    close = difflib.get_close_matches(variant, variants, n=1)
+    raise LaunchError(f"--config={value}: Unknown config variant {variant!r} of {path}"
+                       + (f" (did you mean {close[0]!r}?)" if close else "")
+                       + f"; its variants: {', '.join(variants)} (default {default!r}).")
+
+
+def _one_line(error: BaseException) -> str:
+  """The message of a flag-parsing error, one line (ml_collections embeds a whole traceback in the
+  message of an error raised while loading a config: its last line is the error)."""
+  text = str(error)
+  if "Traceback (most recent call last)" in text:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+  return "; ".join(line.strip() for line in text.strip().splitlines())
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with an override of a field the config lacks (which ml_collections reports
-  as a bare KeyError / AttributeError traceback) turned into one ``error:`` line."""
+  """absl's flag parsing, with every bad command line (no arguments, a missing config file or
+  variant, an override of a field the config lacks or of the wrong type) reported as one ``error:``
+  line instead of a traceback, and ``--help`` listing the configs (exit status 0)."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    try:
+      _print_help()
+      sys.stdout.flush()
+    except BrokenPipeError:  # `--help | head`: the reader left; exit quietly
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+  config_value = _config_argument(argv[1:])
+  if config_value is not None:
+    try:
+      check_config_argument(config_value)
+    except LaunchError as e:
+      _exit_with(str(e))
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
+    # An override of a field the config does not have: ml_collections raises a bare KeyError /
+    # AttributeError(KeyError(message)).
     while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(e.args[0], Exception):
-      e = e.args[0]  # AttributeError(KeyError(message)): the message
+      e = e.args[0]
     detail = " ".join(str(e.args[0] if e.args else e).split())
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    sys.exit(f"error: a config override names a field the config does not have: {detail} "
-             f"(overrides given: {', '.join(overrides)}). The fields are those of the config file "
-             "and of contrastive_jax/train/defaults.py.")
+    _exit_with(f"a config override names a field the config does not have: {detail} "
+               f"(overrides given: {', '.join(overrides)}). The fields are those of the config "
+               "file and of contrastive_jax/train/defaults.py.")
+  except flags.Error as e:  # missing --config / --workdir, a value of the wrong type
+    missing = [f"--{name}" for name in ("config", "workdir") if f"--{name}=None" in str(e)]
+    if missing:
+      _exit_with(f"{' and '.join(missing)} {'are' if len(missing) > 1 else 'is'} required.",
+                 usage=True)
+    _exit_with(_one_line(e))
+  except (TypeError, ValueError) as e:  # raised while loading the config file
+    _exit_with(f"--config={config_value}: {_one_line(e)}")
+
+
+def check_workdir(workdir: str) -> bool:
+  """Creates ``workdir`` if needed and checks that a file can be written there; raises
+  :class:`LaunchError` naming it otherwise (a file in the way, a read-only place). Returns whether
+  it was created."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise LaunchError(f"--workdir={workdir} is a file, not a directory.")
+  created = not os.path.exists(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise LaunchError(f"--workdir={workdir} cannot be created: {e.strerror or e}.") from e
+  try:
+    with tempfile.TemporaryFile(dir=workdir, prefix=".write-check-"):
+      pass
+  except OSError as e:
+    raise LaunchError(f"--workdir={workdir} is not writable (a test file could not be created "
+                       f"there: {e.strerror or e}).") from e
+  return created
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _exit_with(f"unexpected arguments {argv[1:]} (flags are written --name=value).", usage=True)
+  config = _CONFIG.value
+  # Refused before JAX, the data or the trainer are imported (run_checks imports no JAX).
+  from contrastive_jax.train import run_checks  # pylint: disable=g-import-not-at-top
+  try:
+    run_checks.check_run_control(config)
+    created = check_workdir(_WORKDIR.value)
+  except (ValueError, OSError, LaunchError) as e:
+    _exit_with(str(e))
   _configure_logging()
   _initialize_distributed()
-  config = _CONFIG.value
   std_logging.getLogger("contrastive_jax").info("Config:\n%s", config)
   try:
     # Imported here so that `--help` and flag errors do not pay for importing JAX.
     train = _trainer(config.get("task", "regression"))
     results = train(config, _WORKDIR.value)
-  except (ValueError, FloatingPointError, FileNotFoundError) as e:  # bad input: one clear line
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+  except (ValueError, FloatingPointError, OSError) as e:  # bad input: one clear line
+    if created:  # refused before writing anything (e.g. a typo in a config field): leave no trace
+      try:
+        os.rmdir(_WORKDIR.value)
+      except OSError:
+        pass
+    _exit_with(str(e).strip() or type(e).__name__)
   import jax  # pylint: disable=g-import-not-at-top
   if results.get("status") != "stopped" and jax.process_index() == 0:  # Process 0 reports.
     print(f"{_summary(results)} (results in {_WORKDIR.value}/results.json)", flush=True)

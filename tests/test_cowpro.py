@@ -362,6 +362,11 @@ def test_end_to_end_tiny_run(tmp_path):
   assert all(0.0 <= d <= 1.0 for d in results['test']['dice'].values())
   assert 0.0 <= results['test']['mean_dice'] <= 1.0
   assert os.listdir(tmp_path / 'run' / 'superpixels')  # the offline pseudo-masks are cached
+  metrics = (tmp_path / 'run' / 'metrics.jsonl').read_text()
+  events = os.listdir(tmp_path / 'run' / 'tensorboard')
+  assert train_cowpro(tiny_config(), str(tmp_path / 'run')) == json.loads(json.dumps(results))
+  assert (tmp_path / 'run' / 'metrics.jsonl').read_text() == metrics  # finished: nothing rewritten
+  assert os.listdir(tmp_path / 'run' / 'tensorboard') == events
 
 
 @pytest.mark.slow

@@ -566,6 +566,10 @@ def test_train_pretext_learns_checkpoints_and_resumes(tmp_path, perm_cache, comp
   assert Checkpointer(os.path.join(workdir, 'checkpoints'), 2).latest_step() == 12
   with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
     assert json.load(f)['test'] == results['test']
+  metrics = _read_metrics(workdir)
+  events = os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert train_pretext(config, workdir) == json.loads(json.dumps(results))  # finished: stored
+  assert _read_metrics(workdir) == metrics and os.listdir(os.path.join(workdir, 'tensorboard')) == events
 
   config.jigsaw.num_classes = 5  # a different config refuses to resume, naming the field
   with pytest.raises(ValueError, match='jigsaw.num_classes'):

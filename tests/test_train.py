@@ -100,8 +100,13 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
 
 def test_rerun_of_finished_run_reports_same_results(tmp_path):
   first = train_and_evaluate(tiny_config(steps=10), str(tmp_path))
+  outputs = lambda: (sorted(os.listdir(tmp_path / "tensorboard")),
+                     (tmp_path / "metrics.jsonl").read_text(),
+                     (tmp_path / "results.json").read_text())
+  before = outputs()
   again = train_and_evaluate(tiny_config(steps=10), str(tmp_path))
-  assert again == first
+  assert again == json.loads(json.dumps(first))
+  assert outputs() == before  # finished: no metrics line, no TensorBoard file, results untouched
 
 
 def test_resume_refuses_a_different_config_unless_forced(tmp_path):
@@ -112,6 +117,11 @@ def test_resume_refuses_a_different_config_unless_forced(tmp_path):
   changed.loss.gamma_con = 0.5
   with pytest.raises(ValueError, match=r"different config(.|\n)*loss.gamma_con"):
     train_and_evaluate(changed, str(tmp_path))
+  reshaped = tiny_config()  # forced, but the parameters no longer fit: named, before any read
+  reshaped.model.proj_dim, reshaped.resume = 8, "force"
+  with pytest.raises(ValueError, match=r"different model: .*projector.dense_out.bias: checkpoint "
+                     r"\(16,\) vs now \(8,\)"):
+    train_and_evaluate(reshaped, str(tmp_path))
   changed.resume = "force"
   assert train_and_evaluate(changed, str(tmp_path))["steps"] == 20
 

@@ -145,6 +145,14 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
+  def saved_shapes(self, step: Optional[int] = None) -> dict:
+    """``{'params': ..., 'batch_stats': ...}`` of ``step`` (default: latest) as nested dicts of
+    array shapes (tuples), from the checkpoint's metadata: no array is read."""
+    tree = self._manager.item_metadata(self._check_step(step))["state"].tree
+    shapes = lambda node: ({k: shapes(v) for k, v in node.items()} if isinstance(node, dict)
+                           else tuple(getattr(node, "shape", ())))
+    return {name: shapes(tree.get(name) or {}) for name in ("params", "batch_stats")}
+
 
 def load_checkpoint(directory: str, step: Optional[int] = None) -> Tuple[dict, dict]:
   """Reads one checkpoint of a run as host NumPy arrays, in the current process/device layout.

@@ -27,6 +27,7 @@ from contrastive_jax.data import cowpro as cowpro_data
 from contrastive_jax.evaluate import segmentation
 from contrastive_jax.losses import cowpro as cowpro_losses
 from contrastive_jax.models import cowpro as cowpro_model
+from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.loop import NonFiniteLossError
@@ -243,11 +244,10 @@ def evaluate(predictor: Predictor, state, volumes: cowpro_data.Volumes, config) 
       scan_ids=volumes.ids)
 
 
+@run_checks.closes_resources
 def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains CoWPro self-supervised, evaluates it 1-shot; returns (and writes) the results dict."""
-  if int(config.num_train_steps) < 1 or int(config.batch_size) < 1:
-    raise ValueError(f'`num_train_steps` and `batch_size` must be >= 1; got '
-                     f'{config.num_train_steps} and {config.batch_size}.')
+  run_checks.check_run_control(config)
   os.makedirs(workdir, exist_ok=True)
   train_volumes, eval_volumes = load_volumes(config.data)
   slices = cowpro_data.training_slices(train_volumes, tuple(config.data.exclude_labels))
@@ -263,7 +263,8 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx, schedule = make_optimizer(config.optim, num_steps)
   init_key, episode_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, pseudo.images[:2])
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), int(config.keep_checkpoints))
+  ckpt = run_checks.opened(Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                        int(config.keep_checkpoints)))
   init_from = config.model.get('init_from', '') or ''
   variables = initial_variables(init_from, model, variables, ckpt, log)
   state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
@@ -273,11 +274,15 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   meta = {'config': config_identity(config), 'history': []}
   if ckpt.latest_step() is not None:
+    run_checks.check_restorable(ckpt, state)
     state, saved = ckpt.restore(state)
     differences = config_differences(saved.get('config', {}), meta['config'])
     if differences and config.get('resume', 'auto') != 'force':
       raise ValueError(f'The checkpoint in {ckpt.directory} was written with a different config:\n  '
                        + '\n  '.join(differences) + '\nUse a new workdir, or --config.resume=force.')
+    if not differences and (done := run_checks.finished_results(workdir, int(state.step),
+                                                                config.num_train_steps)):
+      return done
     meta['history'] = saved.get('history', [])
     log.info('Resumed from step %d of %s.', int(state.step), ckpt.directory)
     if init_from:
@@ -287,10 +292,12 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   predictor = Predictor(model, config)
   device_data = (jnp.asarray(pseudo.images), jnp.asarray(pseudo.superpixels),
                  jnp.asarray(pseudo.counts))
-  writer = MetricWriter(workdir)
+  writer = run_checks.opened(MetricWriter(workdir))
   step = int(state.step)
   progress = Progress(num_steps, step, int(config.batch_size))
   first_step, stop_at = step + 1, int(config.get('stop_at_step', -1))
+  if step < num_steps:
+    progress.compiling()
 
   def check(step_done, metrics) -> dict:
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -42,6 +42,7 @@ from contrastive_jax.losses import fit_ecdf
 from contrastive_jax.losses import get_contrastive_loss
 from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
+from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
@@ -434,8 +435,10 @@ def middle_slice(x):
   return x[:, x.shape[1] // 2]
 
 
+@run_checks.closes_resources
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints one run; returns the results dict (also ``results.json``)."""
+  run_checks.check_run_control(config)
   objectives.check_method(config.method)
   check_config_fields(config)
   protocol = config.eval.get("protocol", "regression") if "eval" in config else "regression"
@@ -479,7 +482,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Initialise on the input the model will see in training: two augmented training examples.
   example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
-  latest = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  latest = run_checks.opened(Checkpointer(os.path.join(workdir, "checkpoints"),
+                                          config.keep_checkpoints))
   init_from = config.model.get("init_from", "") or ""
   variables = initial_variables(init_from, model, variables, latest, log)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
@@ -493,10 +497,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # just one process" errors), so at most one save is ever in flight. Superseded best states are
   # deleted by the loop (see `committed_best`), not by Orbax, so that the best state named by the
   # newest complete latest checkpoint survives a crash at any moment.
-  best = Checkpointer(os.path.join(workdir, "best"), max_to_keep=None, async_save=False)
+  best = run_checks.opened(Checkpointer(os.path.join(workdir, "best"), max_to_keep=None,
+                                        async_save=False))
   meta = {"best_step": -1, "val_best": None, "config": config_identity(config),
           "init_from": init_from}
   if latest.latest_step() is not None:
+    run_checks.check_restorable(latest, state)
     restored, saved_meta = latest.restore(state)
     differences = config_differences(saved_meta.get("config", {}), meta["config"])
     if differences and config.get("resume", "auto") != "force":
@@ -504,6 +510,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"The checkpoint in {latest.directory} was written with a different config:\n  "
           + "\n  ".join(differences) + "\nUse a new --workdir, or --config.resume=force to resume "
           "anyway.")
+    if not differences and (done := run_checks.finished_results(workdir, int(restored.step),
+                                                                config.num_train_steps)):
+      return done
     state, meta["best_step"], meta["val_best"] = restored, saved_meta["best_step"], saved_meta["val_best"]
     meta["init_from"] = saved_meta.get("init_from", "")
     # Best states that the interrupted run saved after this step are recomputed (identically).
@@ -515,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std)
   evaluate = Evaluator(model, mesh, dataset, config, mean, std, preprocess)
-  writer = MetricWriter(workdir)
+  writer = run_checks.opened(MetricWriter(workdir))
   num_steps, step = int(config.num_train_steps), int(state.step)
   first_step = step + 1
   progress = Progress(num_steps, step, config.batch_size)
@@ -563,6 +572,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     committed_best = meta["best_step"]
 
   pending = None
+  if step < num_steps:
+    progress.compiling()
   with PreemptionFlag() as preemption:
     while step < num_steps:
       host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,

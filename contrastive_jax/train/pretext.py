@@ -30,6 +30,7 @@ from contrastive_jax.data import load_dataset
 from contrastive_jax.data import train_batch
 from contrastive_jax.data import jigsaw as jigsaw_data
 from contrastive_jax.models import jigsaw as jigsaw_models
+from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.loop import NonFiniteLossError
 from contrastive_jax.train.loop import config_differences
@@ -123,6 +124,7 @@ def _grayscale(x: np.ndarray, name: str) -> np.ndarray:
   return x
 
 
+@run_checks.closes_resources
 def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains one jigsaw pretext run; returns the results dict (also written to ``results.json``).
 
@@ -139,11 +141,13 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ValueError: a bad config or data set, or a checkpoint written with a different config.
     NonFiniteLossError: a non-finite loss or gradient (``nonfinite='stop'``).
   """
+  run_checks.check_run_control(config)
   _check_config(config)
   jig = config.jigsaw
   crop, channels = int(jig.crop_size), int(config.data.get('channels', 3))
   os.makedirs(workdir, exist_ok=True)
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+  ckpt = run_checks.opened(Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                        config.keep_checkpoints))
   meta = {'config': config_identity(config, RUN_CONTROL_FIELDS)}
   resume = ckpt.latest_step() is not None
   if resume:  # checked first: a refused resume costs nothing, and before parameter shapes can clash
@@ -153,6 +157,9 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ckpt.close()
       raise ValueError(f'The checkpoint in {ckpt.directory} was written with a different config:\n  '
                        + '\n  '.join(differences) + '\nUse a new workdir, or resume=force.')
+    if not differences and (done := run_checks.finished_results(workdir, ckpt.latest_step(),
+                                                                config.num_train_steps)):
+      return done
 
   dataset = load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)
   if dataset.kind != 'image':
@@ -180,6 +187,7 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
            f'{num_params:,}', jig.num_classes, jig.permutations, len(dataset.train),
            dataset.train.x.shape[1:])
   if resume:
+    run_checks.check_restorable(ckpt, state)
     state, _ = ckpt.restore(state)
     log.info('Resumed from step %d of %s.', int(state.step), ckpt.directory)
 
@@ -244,11 +252,13 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
     return {'loss': total_loss / count, 'accuracy': total_correct / count}
 
-  writer = MetricWriter(workdir)
+  writer = run_checks.opened(MetricWriter(workdir))
   step = int(state.step)
   progress = PretextProgress(num_steps, step, config.batch_size)
   stop_at = int(config.get('stop_at_step', -1))
   first_step = step + 1
+  if step < num_steps:
+    progress.compiling()
   with PreemptionFlag() as preemption:
     while step < num_steps:
       images = train_batch(dataset.train, config.batch_size, config.data.seed, step)['x']

@@ -63,10 +63,12 @@ class MetricWriter:
 class Progress:
   """Step, loss, throughput and ETA on the console every ``every`` steps.
 
-  The throughput is that of the steps since the previous line, without the time spent inside
-  :meth:`paused` (evaluation, checkpoints), so a change of speed shows at once instead of being
-  averaged into the whole run. The ETA is the remaining steps at that recent step time plus the
-  evaluation / checkpoint time per step measured so far.
+  The clock starts at :meth:`restart_clock` (called after the first step, which includes
+  compilation; :meth:`compiling` and it log how long compiling took). The throughput is that of the
+  steps since the previous line, without the time spent inside :meth:`paused` (evaluation,
+  checkpoints), so a change of speed shows at once instead of being averaged into the whole run. The
+  ETA is the remaining steps at that recent step time plus the evaluation / checkpoint time per step
+  measured so far. A line with no timed step since the clock started shows ``-- ex/s | ETA --``.
   """
 
   def __init__(self, total_steps: int, first_step: int, examples_per_step: int):
@@ -74,12 +76,24 @@ class Progress:
     self._t0, self._s0 = time.perf_counter(), first_step
     self._paused = 0.0  # seconds inside paused() since the clock started
     self._last = (self._t0, first_step, 0.0)  # (time, step, paused) at the previous line
+    self._compile_t0 = None
+
+  def compiling(self) -> None:
+    """Logs that the first step (which compiles the train step) starts; :meth:`restart_clock` then
+    logs how long it took."""
+    self._compile_t0 = time.perf_counter()
+    logging.getLogger("contrastive_jax").info("Compiling the train step...")
 
   def restart_clock(self, step: int) -> None:
     """Restart the throughput clock (after compilation, so it does not count in the ETA)."""
-    self._t0, self._s0 = time.perf_counter(), step
+    now = time.perf_counter()
+    if self._compile_t0 is not None:
+      logging.getLogger("contrastive_jax").info("Compiled in %.1f s (the first step included).",
+                                                now - self._compile_t0)
+      self._compile_t0 = None
+    self._t0, self._s0 = now, step
     self._paused = 0.0
-    self._last = (self._t0, step, 0.0)
+    self._last = (now, step, 0.0)
 
   @contextlib.contextmanager
   def paused(self):
@@ -95,12 +109,11 @@ class Progress:
     last_time, last_step, last_paused = self._last
     if step > last_step:  # The steps since the previous line, evaluation and checkpoints excluded.
       per_step = max(now - last_time - (self._paused - last_paused), 1e-9) / (step - last_step)
-    else:
-      per_step = (now - self._t0) / max(step - self._s0, 1)
-    self._last = (now, step, self._paused)
-    overhead = self._paused / max(step - self._s0, 1)  # evaluation + checkpoint seconds per step
-    text = (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
-            f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | "
-            f"{self.examples / per_step:,.0f} ex/s | "
-            f"ETA {_format_seconds((per_step + overhead) * (self.total - step))}")
-    return text
+      self._last = (now, step, self._paused)
+      overhead = self._paused / max(step - self._s0, 1)  # evaluation + checkpoint seconds per step
+      rate = (f"{self.examples / per_step:,.0f} ex/s | "
+              f"ETA {_format_seconds((per_step + overhead) * (self.total - step))}")
+    else:  # nothing timed since compilation yet
+      rate = "-- ex/s | ETA --"
+    return (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
+            f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | {rate}")
