@@ -9,6 +9,26 @@ for _path in (os.path.dirname(_TESTS_DIR), _TESTS_DIR):
     sys.path.insert(0, _path)
 
 
+
+def _share_compilations() -> None:
+  """One persistent XLA compilation cache for the whole test session: the workers of pytest-xdist
+  and the subprocesses that tests start (launcher runs, 8-device workers) inherit it through the
+  environment, so a program compiled once (e.g. the same train step before and after a SIGKILL) is
+  not compiled again. Set before JAX is imported; a cache directory the caller set is kept; the
+  directory is removed when the process that made it exits."""
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  import atexit  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  directory = tempfile.mkdtemp(prefix='contrastive-jax-tests-xla-cache-')
+  atexit.register(shutil.rmtree, directory, True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+
+
+_share_compilations()
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
