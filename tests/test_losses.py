@@ -99,7 +99,7 @@ def assert_scalar_close(got, expected):
 # ----------------------------------------------------------------------------------------------------
 # Values vs. the float64 references
 # ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('case_id', CASE_IDS)
+@pytest.mark.parametrize('case_id', [c for c in CASE_IDS if CASES[c][2] > 1])  # one view: refused
 @pytest.mark.parametrize('temperature,base_temperature', [(0.5, None), (0.1, 0.07)])
 def test_simclr_matches_reference(case_id, temperature, base_temperature):
   f, _ = case_inputs(case_id)

@@ -499,7 +499,7 @@ def test_bad_features_raise(name, bad):
     (lambda: binary_contrastive(_F, nu=0.0), 'nu'),
     (lambda: binary_contrastive(_F, nu=-1.0), 'nu'),
     (lambda: binary_contrastive(_F, nu='batch'), 'nu'),
-    (lambda: binary_contrastive(_F[:, :1], nu='nce'), 'nu'),
+    (lambda: binary_contrastive(_F[:, :1], nu='nce'), 'features'),  # one view: refused first
     (lambda: binary_contrastive(_F[:1], nu='nce'), 'nu'),
     (lambda: binary_contrastive_combo(_F, -0.25), 'temperature'),
     (lambda: binary_contrastive_combo(_F, contr_temperature=0.0), 'contr_temperature'),

@@ -100,7 +100,8 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
 
   Args:
     features: ``[batch, views, dim]`` projections (L2-normalised here; the official code assumes
-      unit vectors and does not normalise, so ``official=True`` matches it on unit inputs).
+      unit vectors and does not normalise, so ``official=True`` matches it on unit inputs). One
+      view is fine (positives: the other samples with the same label or bin).
     labels: ``[batch]`` regression labels.
     label_range: ``R = max(Y) - min(Y)`` of the label space (> 0).
     temperature: ``tau`` (0.05 in the official runs).
@@ -128,9 +129,12 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
   if bin_width is not None:
     params["bin_width"] = bin_width
   binned = bin_width is not None
+  guard = functools.partial(_checks.nan_unless_valid, axis_name=axis_name,
+                            finite=(features, labels, epsilon),
+                            positive=(label_range, temperature, bin_width, base_temperature))
   if not official:
     logits_fn = functools.partial(_paper_logits, binned, block.matmul_dtype)
-    return softmax_loss(logits_fn, params, rows, anchor_y, column_y, 1.0, axis_name, block)
+    return guard(softmax_loss(logits_fn, params, rows, anchor_y, column_y, 1.0, axis_name, block))
   base_temperature = temperature if base_temperature is None else base_temperature
   _checks.check_positive(base_temperature, "base_temperature")
   pair_fn = functools.partial(_official_pairs, binned, block.matmul_dtype)
@@ -138,4 +142,4 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
                                   anchor_y, column_y, rows.row_offset, block=block,
       axis_name=axis_name)
   per_anchor = _official_per_anchor(*stats, epsilon)
-  return -(temperature / base_temperature) * pairwise.global_mean(per_anchor, axis_name)
+  return guard(-(temperature / base_temperature) * pairwise.global_mean(per_anchor, axis_name))

@@ -77,7 +77,8 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
   """Adaptive-margin contrastive loss (AdaCon Eq. 6).
 
   Args:
-    features: ``[batch, views, dim]`` projections (L2-normalised here).
+    features: ``[batch, views, dim]`` projections (L2-normalised here); one view is fine (positives:
+      the other samples with the same label).
     labels: ``[batch]`` regression labels; positives are the rows with exactly the same label.
     cdf: ``[batch]`` ``phi(labels)`` in [0, 1] from ``fit_ecdf(train_labels)``.
     temperature: ``1 / s``; the paper's s = 150. A callable gives each pair's temperature from its
@@ -100,5 +101,7 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
   anchor_phi, column_phi = rows.per_sample(cdf.astype(features.dtype), axis_name)
   profile, params = split_temperature(temperature)
   logits_fn = functools.partial(_margin_logits, profile, block.matmul_dtype)
-  return softmax_loss(logits_fn, params, rows, (anchor_y, anchor_phi), (column_y, column_phi), 1.0,
+  loss = softmax_loss(logits_fn, params, rows, (anchor_y, anchor_phi), (column_y, column_phi), 1.0,
                       axis_name, block)
+  return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels), unit_interval=(cdf,),
+                                  positive=(temperature,))

@@ -26,7 +26,8 @@ Interpretations (the thesis is silent or inconsistent):
   * Normaliser of Eq. 4.14: ``1/(4N^2) = 1/M^2`` exactly as printed, i.e. the ``2N`` excluded
     self-pairs still count in it (Eq. 4.12 divides by ``T_p + T_n``; 4.14 is the proposed loss).
   * ``V`` views generalise the pairs: the positives of a row are the other ``V - 1`` views of its
-    sample (``V = 1``: no positive pair); ``4N^2`` becomes ``M^2``.
+    sample; ``4N^2`` becomes ``M^2``. ``V = 1`` (no positive pair) is refused, as in every
+    SimCLR-style loss.
   * Eq. 4.18 expands ``L_Proposed`` as SEPARATE expectations over ``p+`` and ``p-``, contradicting
     Eq. 4.14's single ``1/(4N^2)`` average; its first line ``L_Combo = L_Proposed + L_Contr`` is
     followed. (The separately averaged reading is MIOv1, ``mio(version=1)``, Eq. 5.13.)
@@ -54,11 +55,7 @@ from contrastive_jax.losses.supcon import mean_log_prob
 from contrastive_jax.losses.supcon import softmax_statistics
 
 
-def require_views(features, min_views: int, name: str):
-  """``features`` needs ``views >= min_views`` (positives are the other views of a sample)."""
-  if features.shape[1] < min_views:
-    raise ValueError(f"`features` must have at least {min_views} views for {name} (positives are "
-                     f"the other views of a sample); got shape {features.shape}.")
+require_views = _checks.check_views  # (features, min_views, loss name)
 
 
 def global_num_rows(features, axis_name: Optional[str]) -> int:
@@ -130,7 +127,7 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
   ordered pairs ``i != j`` of the ``M = batch * views`` embeddings (see the module docstring).
 
   Args:
-    features: ``[batch, views, dim]`` projector outputs (L2-normalised here).
+    features: ``[batch, views, dim]`` projector outputs (L2-normalised here), ``views >= 2``.
     temperature: ``tau`` (0.25 in the thesis).
     nu: imbalance factor of Eq. 4.13 (``phi = 1/(1 + nu e^{-c/tau})``), a number > 0 (the proposed
       loss: 1) or ``'nce'`` for ``T_n / T_p = (M - V)/(V - 1)`` (``2N - 2`` with two views,
@@ -144,6 +141,7 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
     The scalar loss (float32, or float64 for float64 inputs under x64).
   """
   features = _checks.check_features(features, axis_name)
+  _checks.check_views(features, 2, "binary_contrastive")
   _checks.check_positive(temperature, "temperature")
   nu = resolve_nu(nu, global_num_rows(features, axis_name), features.shape[1])
   block = pairwise.blocking(impl, tile, matmul_dtype)
@@ -154,7 +152,8 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
       rows.column_sample, rows.row_offset, block=block,
       axis_name=axis_name)
   # 1/M here, the other 1/M in global_mean
-  return pairwise.global_mean(summed / rows.columns.shape[0], axis_name)
+  loss = pairwise.global_mean(summed / rows.columns.shape[0], axis_name)
+  return _checks.nan_unless_valid(loss, axis_name, finite=(features,), positive=(temperature, nu))
 
 
 def squared_distance_logits(anchors: jax.Array, columns: jax.Array, temperature,
@@ -172,7 +171,7 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
   """``L_Combo = L_BCL + contr_weight * L_Contr`` (thesis Eq. 4.17-4.18; weight 1 there).
 
   Args:
-    features: ``[batch, views, dim]`` projector outputs.
+    features: ``[batch, views, dim]`` projector outputs, ``views >= 2``.
     temperature: ``tau`` of the binary term (Eq. 4.14; 0.25).
     contr_temperature: ``tau_c`` of the squared-distance InfoNCE term (Eq. 4.17; 0.33).
     contr_weight: weight of ``L_Contr`` (the thesis adds the two terms with unit weights).
@@ -185,6 +184,7 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
     The scalar loss.
   """
   features = _checks.check_features(features, axis_name)
+  _checks.check_views(features, 2, "binary_contrastive_combo")
   _checks.check_positive(temperature, "temperature")
   _checks.check_positive(contr_temperature, "contr_temperature")
   weight = _checks.concrete(contr_weight)
@@ -201,4 +201,6 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
       axis_name=axis_name)
   bcl = pairwise.global_mean(bcl_sum / rows.columns.shape[0], axis_name)
   contr = -pairwise.global_mean(mean_log_prob(*contr_stats), axis_name)
-  return bcl + contr_weight * contr
+  return _checks.nan_unless_valid(bcl + contr_weight * contr, axis_name, finite=(features,),
+                                  positive=(temperature, nu, contr_temperature),
+                                  nonnegative=(contr_weight,))

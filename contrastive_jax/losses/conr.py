@@ -148,4 +148,6 @@ def conr(features: jax.Array, labels: jax.Array, preds: jax.Array, *, window: fl
   summed = jnp.sum(jnp.where(positive, logits - log_denominator[:, None], 0.0), axis=1)
   per_anchor = -summed / jnp.maximum(num_positive, 1).astype(dtype)
   per_anchor = jnp.where(has_pos & has_neg, per_anchor, 0.0) * anchor_w
-  return pairwise.global_mean(per_anchor, axis_name)
+  return _checks.nan_unless_valid(
+      pairwise.global_mean(per_anchor, axis_name), axis_name, finite=(features, labels, preds, e),
+      positive=(None if official else temperature,), nonnegative=(window, weights))

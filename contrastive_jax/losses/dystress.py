@@ -29,7 +29,7 @@ Interpretations:
     the profile (rounding can exceed 1 by an ulp), so ``tau`` stays in ``[tau_min, tau_max]``.
   * The loss is the MEAN over the ``batch * views`` anchors (Eq. 6.1 writes a sum; the author's code
     and SimCLR average). With ``V > 2`` views an anchor's positives are averaged as in
-    SimCLR/SupCon; with one view an anchor has no positive and contributes 0 (as in ``simclr``).
+    SimCLR/SupCon; one view (no positive at all) is refused with a ValueError, as in ``simclr``.
   * Alg. 6.1 with ``shift = 0`` satisfies both conditions, so its cosine branch applies everywhere:
     Table 6.15's (0.0, 0.5) is the symmetric profile with ``tau_max`` at ``c = -1, 0, 1`` and
     ``tau_min`` at ``c = +-0.5``; the defaults ``shift = 0, scale = 1`` give ``tau_max`` at
@@ -148,7 +148,7 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
   """NT-Xent with per-pair temperatures ``tau(c_ij)`` (DySTreSS: Eq. 6.1 with Eq. 6.16 / Alg. 6.1).
 
   Args:
-    features: ``[batch, views, dim]`` projector outputs (L2-normalised here).
+    features: ``[batch, views, dim]`` projector outputs (L2-normalised here), ``views >= 2``.
     tau_min, tau_max: temperature range (thesis: 0.07/0.2 on CIFAR, 0.1/0.2 on ImageNet).
     profile, shift, scale, rate: the temperature profile (see :func:`dystress_temperature`).
     grad_through_temperature: False (default, the author's code): ``tau`` from stop-gradient
@@ -162,11 +162,21 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
     The scalar loss, the mean over all anchors of the global batch.
   """
   features = _checks.check_features(features, axis_name)
+  _checks.check_views(features, 2, "dystress")
   _check_profile_args(tau_min, tau_max, profile, shift, scale, rate)
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   params = {"tau_min": tau_min, "tau_max": tau_max, "shift": shift, "scale": scale, "rate": rate}
   logits_fn = functools.partial(_dystress_logits, profile, bool(grad_through_temperature),
                                 block.matmul_dtype)
-  return softmax_loss(logits_fn, params, rows, rows.anchor_sample, rows.column_sample, 1.0,
+  loss = softmax_loss(logits_fn, params, rows, rows.anchor_sample, rows.column_sample, 1.0,
                       axis_name, block)
+  ordered = None
+  if _checks.is_traced(tau_min) or _checks.is_traced(tau_max):
+    ordered = jnp.all(jnp.asarray(tau_min) <= jnp.asarray(tau_max))
+  shifted = profile == "shifted"
+  return _checks.nan_unless_valid(
+      loss, axis_name, finite=(features, shift if shifted else None),
+      positive=(tau_min, tau_max, scale if shifted else None,
+                rate if profile == "exponential" else None),
+      conditions=(ordered,))

@@ -96,7 +96,8 @@ def npair(features: jax.Array, labels: jax.Array, *, normalize: bool = True, l2_
   if host is None or host != 0:
     squared_norms = jnp.sum(features.reshape(-1, features.shape[-1]) ** 2, axis=1)
     loss = loss + l2_reg * pairwise.global_mean(squared_norms, axis_name)
-  return loss
+  return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels),
+                                  nonnegative=(l2_reg,))
 
 
 def _triplet_inputs(features, labels, margin_scale, distance, axis_name):
@@ -188,5 +189,8 @@ def adaptive_triplet(features: jax.Array, labels: jax.Array, *, margin_scale: fl
   v, label_dist, is_self = _triplet_inputs(features, labels, margin_scale, distance, axis_name)
   if mining == "all":
     total, count = _all_triplets(v, label_dist, is_self)
-    return _global_ratio(total, count, axis_name)
-  return pairwise.global_mean(_hardest_triplets(v, label_dist, is_self), axis_name)
+    loss = _global_ratio(total, count, axis_name)
+  else:
+    loss = pairwise.global_mean(_hardest_triplets(v, label_dist, is_self), axis_name)
+  return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels),
+                                  nonnegative=(margin_scale,))

@@ -43,7 +43,6 @@ import jax.numpy as jnp
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 from contrastive_jax.losses.binary import require_negatives
-from contrastive_jax.losses.binary import require_views
 from contrastive_jax.losses.binary import global_num_rows
 from contrastive_jax.losses.binary import sample_masks
 from contrastive_jax.losses.supcon import unit_rows
@@ -94,7 +93,7 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
     raise ValueError(f"`version` must be one of {MIO_VERSIONS}; got {version!r}.")
   features = _checks.check_features(features, axis_name)
   _checks.check_positive(temperature, "temperature")
-  require_views(features, 2, "mio")
+  _checks.check_views(features, 2, "mio")
   require_negatives(global_num_rows(features, axis_name), features.shape[1], "mio")
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
@@ -110,4 +109,5 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
   else:
     neg = neg / (total - views)
   # every anchor has V - 1 positives and M - V negatives: the per-pair means are means over anchors
-  return pairwise.global_mean(pos + neg, axis_name)
+  return _checks.nan_unless_valid(pairwise.global_mean(pos + neg, axis_name), axis_name,
+                                  finite=(features,), positive=(temperature,))

@@ -161,4 +161,5 @@ def ranksim(features: jax.Array, labels: jax.Array, key: jax.Array, *, lambda_: 
   total = jnp.sum(jnp.where(anchor_selected, per_anchor, 0.0))
   if axis_name is not None:
     total = jax.lax.psum(total, axis_name)
-  return total
+  # ranks swallow NaN (a finite, wrong value): the guard makes such a loss NaN
+  return _checks.nan_unless_valid(total, axis_name, finite=(features, labels))

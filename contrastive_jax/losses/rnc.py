@@ -388,4 +388,7 @@ def rnc(features: jax.Array, labels: jax.Array, temperature: float = 2.0,
       padded = pairwise.blockwise.pad_rows(inputs, size)
       tiles = jax.tree.map(lambda x: x.reshape((-1, size) + x.shape[1:]), padded)
       sums = jax.lax.map(jax.checkpoint(tile_fn), tiles).reshape(-1)[:num_rows]
-  return -pairwise.global_mean(sums / (num_cols - 1), axis_name)
+  # NaN features or labels would be swallowed by the sorts and searches (a finite, wrong value):
+  # the guard makes such a loss NaN.
+  return _checks.nan_unless_valid(-pairwise.global_mean(sums / (num_cols - 1), axis_name), axis_name,
+                                  finite=(features, labels), positive=(temperature,))

@@ -118,7 +118,8 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
 
   Args:
     features: ``[batch, views, dim]`` embeddings (L2-normalised here; a no-op on unit vectors).
-    labels: ``[batch]`` class ids or exactly-equal regression labels.
+      One view is fine: the positives are then the other samples with the same label.
+    labels: ``[batch]`` class ids or exactly-equal regression labels (bool: two classes).
     temperature: ``tau``, or a callable giving each pair's temperature from its (stop-gradient)
       cosine similarity (see :func:`pair_temperature`; then ``base_temperature=None``).
     base_temperature: ``tau_base``; the loss is scaled by ``tau / tau_base``.
@@ -138,7 +139,9 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
   anchor_y, column_y = rows.per_sample(labels, axis_name)
   profile, params = split_temperature(temperature)
   logits_fn = functools.partial(_label_logits, profile, block.matmul_dtype)
-  return softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
+  loss = softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
+  return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels),
+                                  positive=(temperature, base_temperature))
 
 
 def simclr(features: jax.Array, temperature: float = 0.5, base_temperature: Optional[float] = None,
@@ -146,15 +149,19 @@ def simclr(features: jax.Array, temperature: float = 0.5, base_temperature: Opti
            matmul_dtype=None) -> jax.Array:
   """NT-Xent (SimCLR): positives of an anchor are the other views of the same sample.
 
+  ``features`` need at least 2 views (one view has no positive pair: ValueError).
   ``base_temperature`` defaults to ``temperature`` (no rescaling, the SimCLR paper's form);
   ``impl``, ``tile``, ``matmul_dtype`` as in :func:`supcon`.
   """
   features = _checks.check_features(features, axis_name)
+  _checks.check_views(features, 2, "simclr")
   _checks.check_positive(temperature, "temperature")
   base_temperature = temperature if base_temperature is None else base_temperature
   _checks.check_positive(base_temperature, "base_temperature")
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   logits_fn = functools.partial(_label_logits, None, block.matmul_dtype)
-  return softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
+  loss = softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
                       rows.column_sample, temperature / base_temperature, axis_name, block)
+  return _checks.nan_unless_valid(loss, axis_name, finite=(features,),
+                                  positive=(temperature, base_temperature))

@@ -351,4 +351,6 @@ def supremix(features: jax.Array, labels: jax.Array, key, temperature: float = 0
                + jnp.where(has_pos, sum_pos + n_pos_mix.astype(dtype) * offset, 0.0))
   per_anchor = (numerator - count.astype(dtype) * log_denominator) / jnp.maximum(count, 1).astype(
       dtype)
-  return -pairwise.global_mean(per_anchor, axis_name)
+  return _checks.nan_unless_valid(-pairwise.global_mean(per_anchor, axis_name), axis_name,
+                                  finite=(features, labels), positive=(temperature, window),
+                                  unit_interval=(alphas,))

@@ -78,13 +78,25 @@ def global_mean(per_anchor: jax.Array, axis_name: Optional[str] = None) -> jax.A
   return total / count
 
 
+# Rows whose largest |entry| is >= 2^_SAFE_EXPONENT are rescaled by a power of two before the sum
+# of squares (exact: only the exponent changes); below, dim * 2^(2 * 32) cannot overflow float32.
+_SAFE_EXPONENT = 32
+
+
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """``x / max(||x||, eps)``: a no-op on unit vectors, finite (with finite gradient) at zero.
 
   Computed as ``x * rsqrt(max(sum(x^2), eps^2))`` in at least float32 (never through ``sqrt`` at 0)
-  and returned in the input dtype.
+  and returned in the input dtype. Scale-safe: a row whose largest ``|entry|`` is ``>= 2^32`` is first
+  multiplied by a power of two that brings it below ``2^32`` (exact, the same direction), so
+  ``sum(x^2)`` cannot overflow (it did for norms above ~1.8e19 in float32, turning the row into a zero
+  vector with a zero gradient). Other rows are computed exactly as before (bitwise).
   """
   xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  largest = jax.lax.stop_gradient(jnp.max(jnp.abs(xf), axis=axis, keepdims=True))
+  _, exponent = jnp.frexp(largest)  # largest = m 2^exponent, m in [0.5, 1)
+  shift = jnp.maximum(exponent - _SAFE_EXPONENT, 0)
+  xf = xf * jnp.ldexp(jnp.ones_like(largest), -shift)  # 1.0 (exactly) unless the row is huge
   sq = jnp.sum(xf * xf, axis=axis, keepdims=True)
   return (xf * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))).astype(x.dtype)
 
