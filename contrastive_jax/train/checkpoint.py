@@ -34,6 +34,7 @@ import os
 from typing import Any, Callable, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
@@ -73,31 +74,53 @@ def _host_array(leaf) -> Optional[np.ndarray]:
   return np.asarray(leaf)
 
 
+def _host_arrays(tree) -> dict:
+  """``{path name: host array}`` of the arrays of ``tree`` this process holds whole."""
+  arrays = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    array = _host_array(leaf)
+    if array is not None:
+      arrays[_path_name(path)] = np.ascontiguousarray(array)
+  return arrays
+
+
+def _digest(array: np.ndarray) -> str:
+  """``'<dtype>:<sha256 of dtype, shape and bytes>'``."""
+  digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  digest.update(array.reshape(-1).view(np.uint8))
+  return f"{array.dtype.name}:{digest.hexdigest()}"
+
+
 def state_digests(tree) -> dict:
   """SHA-256 of every array of ``tree`` (its dtype, shape and bytes), keyed by its path. Arrays that
   this process holds only part of are left out (the trainers' states are replicated)."""
-  digests = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    array = _host_array(leaf)
-    if array is None:
-      continue
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(memoryview(array.reshape(-1)).cast("B"))
-    digests[_path_name(path)] = digest.hexdigest()
-  return digests
+  return {name: _digest(array) for name, array in _host_arrays(tree).items()}
 
 
 def verify_digests(tree, digests: Optional[dict]) -> None:
   """Raises :class:`CorruptCheckpointError` naming the arrays of ``tree`` that differ from ``digests``
-  (``None``: a checkpoint written without digests, not checked)."""
+  (``None``: a checkpoint written without digests, not checked).
+
+  An array restored into another dtype than it was saved with (e.g. a template's Python int step)
+  is compared in the saved dtype when that conversion is exact, else not checked."""
   if digests is None:
     return
-  actual = state_digests(tree)
-  bad = sorted(name for name, digest in digests.items() if actual.get(name, digest) != digest)
-  missing = sorted(set(digests) - set(actual))
-  if bad or len(missing) == len(digests) > 0:
-    names = bad or missing
+  arrays = _host_arrays(tree)
+  bad = []
+  for name, digest in sorted(digests.items()):
+    array = arrays.get(name)
+    if array is None:
+      continue
+    dtype = jnp.dtype(digest.partition(":")[0])
+    if array.dtype != dtype:
+      converted = array.astype(dtype)
+      if not np.array_equal(converted.astype(array.dtype), array):
+        continue
+      array = converted
+    if _digest(array) != digest:
+      bad.append(name)
+  if bad or (digests and not set(digests) & set(arrays)):
+    names = bad or sorted(digests)
     raise CorruptCheckpointError(
         f"{len(names)} array(s) do not match their stored SHA-256 digests: "
         + ", ".join(names[:3]) + (", ..." if len(names) > 3 else ""))
