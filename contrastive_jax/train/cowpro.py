@@ -29,6 +29,7 @@ from contrastive_jax.losses import cowpro as cowpro_losses
 from contrastive_jax.models import cowpro as cowpro_model
 from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.workdir_lock import locked_workdir
 from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.loop import NonFiniteLossError
 from contrastive_jax.train.loop import config_differences
@@ -244,6 +245,7 @@ def evaluate(predictor: Predictor, state, volumes: cowpro_data.Volumes, config) 
       scan_ids=volumes.ids)
 
 
+@locked_workdir
 @run_checks.closes_resources
 def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains CoWPro self-supervised, evaluates it 1-shot; returns (and writes) the results dict."""
@@ -306,8 +308,8 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise NonFiniteLossError(
           f"Non-finite loss or gradient at step {step_done}: loss={metrics['loss']}, "
           f"loss_ssl={metrics['loss_ssl']}, loss_reg={metrics['loss_reg']}, "
-          f"grad_norm={metrics['grad_norm']}. The update was not applied; the last good checkpoint "
-          f'(step {ckpt.latest_step()}) in {ckpt.directory} is intact.')
+          f"grad_norm={metrics['grad_norm']}. The update was not applied; "
+          f'{ckpt.describe_last_good()}.')
     return metrics
 
   while step < num_steps:

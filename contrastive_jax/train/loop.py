@@ -44,6 +44,7 @@ from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
 from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.workdir_lock import locked_workdir
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
 from contrastive_jax.train.init_from import initial_variables
@@ -435,6 +436,7 @@ def middle_slice(x):
   return x[:, x.shape[1] // 2]
 
 
+@locked_workdir
 @run_checks.closes_resources
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, evaluates and checkpoints one run; returns the results dict (also ``results.json``)."""
@@ -546,8 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       latest.wait()
       raise NonFiniteLossError(
           f"Non-finite loss or gradient at step {step_done}: {terms}. The update was not applied; "
-          f"the last good checkpoint (step {latest.latest_step()}) in {latest.directory} is "
-          "intact. (--config.nonfinite=skip skips such steps instead.)")
+          f"{latest.describe_last_good()}. (--config.nonfinite=skip skips such steps instead.)")
     return metrics
 
   def validate(step_done: int) -> None:

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from contrastive_jax.data import eval_batches
 from contrastive_jax.data import load_dataset
@@ -32,6 +31,7 @@ from contrastive_jax.data import jigsaw as jigsaw_data
 from contrastive_jax.models import jigsaw as jigsaw_models
 from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.workdir_lock import locked_workdir
 from contrastive_jax.train.loop import NonFiniteLossError
 from contrastive_jax.train.loop import config_differences
 from contrastive_jax.train.loop import config_identity
@@ -66,15 +66,6 @@ class PretextProgress(Progress):
 
 
 
-
-
-def _saved_meta(directory: str, step: int) -> dict:
-  """The JSON ``meta`` item of checkpoint ``step`` alone (no arrays are read)."""
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'meta'))
-  try:
-    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
-  finally:
-    manager.close()
 
 
 def make_pretext_optimizer(cfg, num_train_steps: int):
@@ -124,6 +115,7 @@ def _grayscale(x: np.ndarray, name: str) -> np.ndarray:
   return x
 
 
+@locked_workdir
 @run_checks.closes_resources
 def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains one jigsaw pretext run; returns the results dict (also written to ``results.json``).
@@ -151,7 +143,7 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
   meta = {'config': config_identity(config, RUN_CONTROL_FIELDS)}
   resume = ckpt.latest_step() is not None
   if resume:  # checked first: a refused resume costs nothing, and before parameter shapes can clash
-    differences = config_differences(_saved_meta(ckpt.directory, ckpt.latest_step()).get('config', {}),
+    differences = config_differences(ckpt.read_meta().get('config', {}),
                         meta['config'])
     if differences and config.get('resume', 'auto') != 'force':
       ckpt.close()
@@ -273,9 +265,8 @@ def train_pretext(config: ml_collections.ConfigDict, workdir: str) -> dict:
           ckpt.wait()
           writer.close()
           raise NonFiniteLossError(
-              f'Non-finite loss or gradient at step {step}: {terms}. The update was not applied; the '
-              f'last good checkpoint (step {ckpt.latest_step()}) in {ckpt.directory} is intact. '
-              '(nonfinite=skip skips such steps instead.)')
+              f'Non-finite loss or gradient at step {step}: {terms}. The update was not applied; '
+              f'{ckpt.describe_last_good()}. (nonfinite=skip skips such steps instead.)')
       if step == first_step:
         progress.restart_clock(step)  # Leave compilation out of the throughput and ETA.
       stop = step == stop_at or preemption.should_stop(step)

@@ -119,7 +119,10 @@ def check_restorable(checkpointer, state) -> None:
   ``checkpointer`` and ``state`` (e.g. ``model.proj_dim`` changed under ``resume=force``), before a
   restore that would fail deep inside Orbax (and leave TensorStore reads racing the interpreter's
   exit: asyncio "Event loop is closed" tracebacks)."""
-  saved = checkpointer.saved_shapes()
+  try:
+    saved = checkpointer.saved_shapes()
+  except Exception:  # pylint: disable=broad-except
+    return  # Unreadable metadata: the restore verifies it and falls back to an earlier checkpoint.
   differences = []
   for name in ("params", "batch_stats"):
     differences += _shape_differences(saved[name], getattr(state, name, None) or {}, name)
