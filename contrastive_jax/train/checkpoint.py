@@ -31,6 +31,7 @@ import datetime
 import hashlib
 import logging
 import os
+import sys
 from typing import Any, Callable, Optional, Tuple
 
 import jax
@@ -46,6 +47,25 @@ STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
 DIGESTS_KEY = "state_sha256"
 
 log = logging.getLogger("contrastive_jax")
+
+
+def _silence_orphaned_reads() -> None:
+  """After a failed read, TensorStore may complete the read's other futures once Orbax's asyncio
+  loop has closed; Python then prints "Exception ignored ... RuntimeError: Event loop is closed"
+  tracebacks after our one warning or error line. Drops exactly those (other unraisable exceptions
+  reach the previous hook); installed once, only after a read failed."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_contrastive_jax", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._contrastive_jax = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 class CorruptCheckpointError(ValueError):
@@ -256,6 +276,7 @@ class Checkpointer:
         verify_digests(tree, meta.pop(DIGESTS_KEY, None))
       except Exception as e:  # pylint: disable=broad-except
         # Anything Orbax or TensorStore raise on bad files (ValueError, OSError, KeyError, ...).
+        _silence_orphaned_reads()
         failures.append((candidate, e))
         continue
       if failures:
