@@ -11,6 +11,9 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import chex
 import jax
@@ -626,3 +629,125 @@ def test_train_pretext_bad_config(tmp_path, perm_cache):
   config.batch_size = 0
   with pytest.raises(ValueError, match='batch_size'):
     train_pretext(config, str(tmp_path / 'bad3'))
+
+
+# ----------------------------------------------------------------------------- trainer on the run skeleton
+
+
+def test_train_pretext_sigterm_resume_equals_uninterrupted_run(tmp_path, perm_cache, compile_cache,
+                                                              monkeypatch, caplog):
+  """SIGTERM during a step: a checkpoint at the next step boundary, a clean 'stopped' return; the
+  re-run ends exactly like an uninterrupted run (results and every array of the final state)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train import pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+  config = _tiny_config(perm_cache)
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  expected = pretext.train_pretext(config, straight)
+  real = pretext.train_batch
+
+  def terminated_at_step_4(split, batch_size, seed, step, **kwargs):
+    if step == 4:  # while step 4's batch is prepared: the run stops after step 5
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(split, batch_size, seed, step, **kwargs)
+
+  monkeypatch.setattr(pretext, 'train_batch', terminated_at_step_4)
+  caplog.set_level(logging.INFO, logger='contrastive_jax')
+  assert pretext.train_pretext(config, killed) == {'status': 'stopped', 'steps': 5}
+  assert 'Stopped at step 5 (SIGTERM)' in caplog.text
+  assert not os.path.exists(os.path.join(killed, 'results.json'))
+  monkeypatch.setattr(pretext, 'train_batch', real)
+  assert pretext.train_pretext(config, killed) == expected
+  a, _ = load_checkpoint(os.path.join(straight, 'checkpoints'))
+  b, _ = load_checkpoint(os.path.join(killed, 'checkpoints'))
+  assert int(a['step']) == int(b['step']) == 12
+  jax.tree.map(np.testing.assert_array_equal, (a['params'], a['batch_stats'], a['opt_state']),
+               (b['params'], b['batch_stats'], b['opt_state']))
+
+
+def test_train_pretext_nonfinite_skip_skips_the_step(tmp_path, perm_cache, compile_cache,
+                                                     monkeypatch, caplog):
+  """``nonfinite='skip'``: a NaN batch leaves the state as it was (the step counter moves on) and is
+  logged with its step; the run finishes with finite parameters."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train import pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+  real = pretext.train_batch
+
+  def nan_at_step_3(split, batch_size, seed, step, **kwargs):
+    batch = real(split, batch_size, seed, step, **kwargs)
+    return {**batch, 'x': np.full_like(batch['x'], np.nan)} if step + 1 == 3 else batch
+
+  monkeypatch.setattr(pretext, 'train_batch', nan_at_step_3)
+  config = _tiny_config(perm_cache)
+  config.nonfinite = 'skip'
+  caplog.set_level(logging.INFO, logger='contrastive_jax')
+  results = pretext.train_pretext(config, str(tmp_path / 'skip'))
+  assert results['steps'] == 12 and np.isfinite(results['test']['loss'])
+  assert 'Non-finite loss or gradient at step 3 (loss=nan' in caplog.text
+  assert 'update skipped' in caplog.text
+  state, _ = load_checkpoint(str(tmp_path / 'skip' / 'checkpoints'))
+  assert int(state['step']) == 12
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((state['params'],
+                                                              state['batch_stats'])))
+  train = [m for m in _read_metrics(str(tmp_path / 'skip')) if 'train/loss' in m]
+  assert [m['step'] for m in train] == list(range(1, 13)) and np.isnan(train[2]['train/loss'])
+
+
+def test_progress_line_shows_the_task_terms(caplog):
+  """The progress line prints the terms a task declares: the jigsaw task its accuracy, no reg/con."""
+  from contrastive_jax.train.writer import Progress  # pylint: disable=g-import-not-at-top
+  metrics = {'loss': 1.25, 'accuracy': 0.5, 'grad_norm': 1.0, 'lr': 0.01}
+  line = Progress(12, 0, 16, terms=(), shown=(('acc', 'accuracy', '.3f'),)).line(0, metrics)
+  assert line == 'step 0/12 | loss 1.2500 | acc 0.500 | lr 0.01 | -- ex/s | ETA --'
+
+
+EIGHT_DEVICE_WORKER = textwrap.dedent("""
+    import json, os, sys
+    import jax
+    sys.path.insert(0, {repo!r})
+    from tests.test_jigsaw import _tiny_config, _read_metrics
+    from contrastive_jax.train.pretext import train_pretext
+    config = _tiny_config(sys.argv[2], steps=6)
+    config.eval_every = 3
+    # SGD: Adam turns the rounding noise in the (exactly zero) gradient of a conv bias that
+    # BatchNorm follows into full-size steps, which no two summation orders share.
+    config.optim.name, config.optim.lr = 'sgd', 0.05
+    results = train_pretext(config, sys.argv[1])
+    train = [m for m in _read_metrics(sys.argv[1]) if 'train/loss' in m]
+    print(json.dumps({{'devices': jax.device_count(), 'results': results,
+                      'losses': [m['train/loss'] for m in train],
+                      'accuracy': [m['train/accuracy'] for m in train]}}))
+""")
+
+
+@pytest.mark.slow  # two subprocess runs (1 and 8 forced CPU devices): ~30 s on a 2-core CPU
+def test_jigsaw_eight_devices_train_like_one(tmp_path, perm_cache):
+  """The jigsaw step is data-parallel: 8 devices (batch split, BatchNorm synchronised over the
+  'batch' axis, global gradient) give the 1-device losses, evaluation and final parameters."""
+  from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+  outputs = {}
+  for devices in (1, 8):
+    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+           'JAX_PLATFORMS': 'cpu'}
+    done = subprocess.run([sys.executable, '-c', EIGHT_DEVICE_WORKER.format(repo=_REPO),
+                           str(tmp_path / str(devices)), str(perm_cache)],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=_REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  assert outputs[1]['devices'] == 1 and outputs[8]['devices'] == 8
+  assert len(outputs[1]['losses']) == 6
+  np.testing.assert_allclose(outputs[8]['losses'], outputs[1]['losses'], rtol=1e-4)
+  np.testing.assert_allclose(outputs[8]['accuracy'], outputs[1]['accuracy'], atol=1e-6)
+  for split in ('val', 'test'):
+    np.testing.assert_allclose(outputs[8]['results'][split]['loss'],
+                               outputs[1]['results'][split]['loss'], rtol=1e-4)
+  # Final states, read back into this 1-device process from both layouts' checkpoints.
+  a, _ = load_checkpoint(str(tmp_path / '8' / 'checkpoints'))
+  b, _ = load_checkpoint(str(tmp_path / '1' / 'checkpoints'))
+  assert int(a['step']) == int(b['step']) == 6
+  assert jax.tree.structure(a['params']) == jax.tree.structure(b['params'])
+  for x, y in zip(jax.tree.leaves((a['params'], a['batch_stats'])),
+                  jax.tree.leaves((b['params'], b['batch_stats']))):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)

@@ -400,3 +400,16 @@ def test_batch_not_divisible_by_device_count_is_refused(tmp_path, monkeypatch, f
   config[field] = 32
   with pytest.raises(ValueError, match=rf"`{field}`=32 must be divisible by the number of devices \(3\)"):
     train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("method,line", [
+    ("simclr", "step 3/20 | loss 0.5000 (con 0.5000) | lr 0.1"),  # gamma_reg = 0: no reg term
+    ("regression", "step 3/20 | loss 0.5000 (reg 0.2500) | lr 0.1"),  # no contrastive term
+    ("adacon", "step 3/20 | loss 0.5000 (reg 0.2500, con 0.5000) | lr 0.1"),
+])
+def test_progress_line_prints_the_terms_of_the_objective(method, line):
+  """The progress line shows the terms of Eq. 8 that the run's objective has (a non-zero weight)."""
+  from contrastive_jax.train.writer import Progress  # pylint: disable=g-import-not-at-top
+  terms = [(t.label, t.key) for t in loop.loss_terms(tiny_config(method)) if t.shown]
+  metrics = {"loss": 0.5, "loss_reg": 0.25, "loss_con": 0.5, "lr": 0.1}
+  assert Progress(20, 3, 32, terms=terms).line(3, metrics) == line + " | -- ex/s | ETA --"

@@ -23,7 +23,7 @@ within 0.5% for grayscale slices repeated to 3 channels ([CODE] B1), see tests/t
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -126,6 +126,7 @@ class ConvBN(nn.Module):
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
   impl: str = 'xla'
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
@@ -141,7 +142,7 @@ class ConvBN(nn.Module):
       raise ValueError(f'Unknown conv impl {self.impl!r}; expected one of {CONV_IMPLS}.')
     if self.use_bn:
       x = nn.BatchNorm(use_running_average=not self.train, momentum=0.99, epsilon=1e-3,
-                       dtype=self.dtype, name='bn')(x)
+                       dtype=self.dtype, axis_name=self.axis_name, name='bn')(x)
     return nn.relu(x)
 
 
@@ -161,13 +162,15 @@ class Branch(nn.Module):
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
   conv_impl: str = 'shifted_matmul'
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
     for b, features in enumerate(self.block_features):
       for j in range(self.convs_per_block):
         x = ConvBN(features, use_bn=self.use_bn, train=self.train, kernel_init=self.kernel_init,
-                   dtype=self.dtype, impl=self.conv_impl, name=f'block{b}_conv{j}')(x)
+                   dtype=self.dtype, impl=self.conv_impl, axis_name=self.axis_name,
+                   name=f'block{b}_conv{j}')(x)
       x = _pool(x, 'max')
     return x
 
@@ -186,6 +189,7 @@ class JigsawBranches(nn.Module):
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
   conv_impl: str = 'shifted_matmul'
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -197,7 +201,7 @@ class JigsawBranches(nn.Module):
                       axis_size=self.num_branches)
     return stacked(self.block_features, use_bn=self.use_bn, train=train,
                    kernel_init=self.kernel_init, dtype=self.dtype, conv_impl=self.conv_impl,
-                   name='branch')(x.astype(self.dtype))
+                   axis_name=self.axis_name, name='branch')(x.astype(self.dtype))
 
 
 def concat_branches(features: jax.Array) -> jax.Array:
@@ -218,6 +222,7 @@ def _aggregated_branches(net: nn.Module, patches: jax.Array, train: bool) -> jax
   return concat_branches(JigsawBranches(net.branch_features, use_bn=net.use_bn,
                                         kernel_init=net.kernel_init, dtype=net.dtype,
                                         conv_impl=net.branch_conv_impl,
+                                        axis_name=net.axis_name,
                                         name='branches')(patches, train))
 
 
@@ -232,12 +237,13 @@ class SSLACLNet(nn.Module):
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
   branch_conv_impl: str = 'shifted_matmul'
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, patches, train: bool = False):
     _check_patches(patches)
     conv = lambda f, s=1, name=None: ConvBN(f, 3, s, self.use_bn, train, self.kernel_init, self.dtype,
-                                            name=name)
+                                            axis_name=self.axis_name, name=name)
     x = _aggregated_branches(self, patches, train)
     x = conv(self.fusion_features, name='fusion')(x)
     a = conv(self.bottleneck_features, name='bottleneck_a0')(x)
@@ -258,10 +264,12 @@ class SkipBlock(nn.Module):
   train: bool = False
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(use_bn=self.use_bn, train=self.train, kernel_init=self.kernel_init, dtype=self.dtype)
+    kw = dict(use_bn=self.use_bn, train=self.train, kernel_init=self.kernel_init, dtype=self.dtype,
+              axis_name=self.axis_name)
     y = ConvBN(self.features, name='conv0', **kw)(x)
     y = ConvBN(x.shape[-1], name='conv1', **kw)(y)
     return x + self.scale * y
@@ -279,13 +287,15 @@ class DimensionReduction(nn.Module):
   train: bool = False
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
     if self.out_features % 2:
       raise ValueError(f'DimensionReduction.out_features must be even, got {self.out_features}.')
     f = self.out_features // 2
-    kw = dict(use_bn=self.use_bn, train=self.train, kernel_init=self.kernel_init, dtype=self.dtype)
+    kw = dict(use_bn=self.use_bn, train=self.train, kernel_init=self.kernel_init, dtype=self.dtype,
+              axis_name=self.axis_name)
     upper = ConvBN(f, 3, 1, name='upper0', **kw)(x)
     upper = ConvBN(f, 3, 2, name='upper1', **kw)(upper)
     lower = ConvBN(f, 1, 1, name='lower', **kw)(_pool(x, 'avg'))
@@ -310,6 +320,7 @@ class SKIDTrunk(nn.Module):
   kernel_init: str = 'he_normal'
   dtype: Any = jnp.float32
   branch_conv_impl: str = 'shifted_matmul'
+  axis_name: Optional[str] = None
 
   def _check_widths(self):
     for name, (first, out), width in (('skip1', self.skip1, self.reduce_features),
@@ -321,7 +332,8 @@ class SKIDTrunk(nn.Module):
   def __call__(self, patches, train: bool = False):
     _check_patches(patches)
     self._check_widths()
-    kw = dict(use_bn=self.use_bn, train=train, kernel_init=self.kernel_init, dtype=self.dtype)
+    kw = dict(use_bn=self.use_bn, train=train, kernel_init=self.kernel_init, dtype=self.dtype,
+              axis_name=self.axis_name)
     x = _aggregated_branches(self, patches, train)
     x = ConvBN(self.reduce_features, 1, name='reduce', **kw)(x)
     for i, (skip, dimred) in enumerate(((self.skip1, self.dimred1), (self.skip2, self.dimred2))):
@@ -486,9 +498,14 @@ class SKIDDownstream(nn.Module):
 def make_pretext_model(arch: str, num_classes: int, *, variant: str = 'v3', width_factor: float = 1.0,
                        use_bn: bool = True, skip_scale: float = 0.25, no_blocks: bool = False,
                        kernel_init: str = 'he_normal', dtype: Any = jnp.float32,
-                       branch_conv_impl: str = 'shifted_matmul') -> nn.Module:
+                       branch_conv_impl: str = 'shifted_matmul',
+                       axis_name: Optional[str] = None) -> nn.Module:
   """The pretext net ``arch`` ('sslacl' | 'skid' with ``variant`` in ``SKID_VARIANTS``), its widths
-  multiplied by ``width_factor`` (1: the thesis nets); ``branch_conv_impl`` see :class:`ConvBN`."""
+  multiplied by ``width_factor`` (1: the thesis nets); ``branch_conv_impl`` see :class:`ConvBN`.
+
+  ``axis_name``: the ``shard_map`` / ``pmap`` axis a data-parallel train step splits the batch over;
+  every BatchNorm then normalises with the statistics of the global batch (synchronised, ``pmean``
+  over the axis), so the step equals the one-device step on the whole batch. None: local batch."""
   if branch_conv_impl not in CONV_IMPLS:
     raise ValueError(f'Unknown branch_conv_impl {branch_conv_impl!r}; expected one of {CONV_IMPLS}.')
   if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
@@ -496,14 +513,15 @@ def make_pretext_model(arch: str, num_classes: int, *, variant: str = 'v3', widt
   if arch == 'sslacl':
     widths = scale_widths(SSLACL_WIDTHS, width_factor)
     return SSLACLNet(int(num_classes), use_bn=use_bn, kernel_init=kernel_init, dtype=dtype,
-                     branch_conv_impl=branch_conv_impl, **widths)
+                     branch_conv_impl=branch_conv_impl, axis_name=axis_name, **widths)
   if arch == 'skid':
     if variant not in SKID_VARIANTS:
       raise ValueError(f'Unknown SKID variant {variant!r}; expected one of {tuple(SKID_VARIANTS)}.')
     widths = scale_widths(SKID_VARIANTS[variant], width_factor)
     fc = scale_widths({'fc': 1024}, width_factor)['fc']
     trunk = dict(widths, skip_scale=skip_scale, no_blocks=no_blocks, use_bn=use_bn,
-                 kernel_init=kernel_init, dtype=dtype, branch_conv_impl=branch_conv_impl)
+                 kernel_init=kernel_init, dtype=dtype, branch_conv_impl=branch_conv_impl,
+                 axis_name=axis_name)
     return SKIDNet(int(num_classes), trunk=trunk, fc_features=fc)
   raise ValueError(f'Unknown jigsaw architecture {arch!r}; expected one of {ARCHITECTURES}.')
 

@@ -31,10 +31,9 @@ from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.workdir_lock import locked_workdir
 from contrastive_jax.train.init_from import initial_variables
-from contrastive_jax.train.loop import NonFiniteLossError
-from contrastive_jax.train.loop import config_differences
-from contrastive_jax.train.loop import config_identity
-from contrastive_jax.train.loop import RUN_CONTROL_FIELDS
+from contrastive_jax.train.run import NonFiniteLossError
+from contrastive_jax.train.run import config_identity
+from contrastive_jax.train.run import refuse_changed_config
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.writer import MetricWriter
@@ -278,10 +277,8 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if ckpt.latest_step() is not None:
     run_checks.check_restorable(ckpt, state)
     state, saved = ckpt.restore(state)
-    differences = config_differences(saved.get('config', {}), meta['config'])
-    if differences and config.get('resume', 'auto') != 'force':
-      raise ValueError(f'The checkpoint in {ckpt.directory} was written with a different config:\n  '
-                       + '\n  '.join(differences) + '\nUse a new workdir, or --config.resume=force.')
+    differences = refuse_changed_config(ckpt.directory, saved.get('config', {}), meta['config'],
+                                        config.get('resume', 'auto'))
     if not differences and (done := run_checks.finished_results(workdir, int(state.step),
                                                                 config.num_train_steps)):
       return done
@@ -296,7 +293,8 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  jnp.asarray(pseudo.counts))
   writer = run_checks.opened(MetricWriter(workdir))
   step = int(state.step)
-  progress = Progress(num_steps, step, int(config.batch_size))
+  progress = Progress(num_steps, step, int(config.batch_size),
+                      terms=(('reg', 'loss_reg'), ('ssl', 'loss_ssl')))
   first_step, stop_at = step + 1, int(config.get('stop_at_step', -1))
   if step < num_steps:
     progress.compiling()
@@ -326,8 +324,7 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
       progress.restart_clock(step)
     if step % config.log_every == 0 or step == num_steps:
       writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
-      line = progress.line(step, {**metrics, 'loss_con': metrics['loss_ssl']})
-      log.info(line.replace(', con ', ', ssl ') + f" | query Dice {metrics['query_dice']:.3f}")
+      log.info(progress.line(step, metrics) + f" | query Dice {metrics['query_dice']:.3f}")
     if step % config.eval_every == 0 and step != num_steps:
       result = evaluate(predictor, state, eval_volumes, config)
       writer.write_scalars(step, {f'eval/dice_{k}': v for k, v in result['dice'].items()}

@@ -6,17 +6,17 @@ validation split every ``eval_every`` steps (keeping the best state by the valid
 latest state every ``checkpoint_every`` steps, and finally evaluates the best state on the test split
 and writes ``workdir/results.json``. Calling it again with the same ``workdir`` resumes from the latest
 checkpoint and ends with exactly the same results as an uninterrupted run.
+
+The run itself (resume, boundaries, checkpoints, the non-finite policy, preemption, progress) is
+``contrastive_jax.train.run``'s skeleton; this module supplies its :func:`regression_task`.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import logging
 import os
-import signal
-import threading
 from typing import Callable, Optional
 
 import jax
@@ -25,8 +25,6 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import data as data_lib
 from contrastive_jax import models
@@ -42,9 +40,7 @@ from contrastive_jax.losses import fit_ecdf
 from contrastive_jax.losses import get_contrastive_loss
 from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
-from contrastive_jax.train import run_checks
-from contrastive_jax.train.checkpoint import Checkpointer
-from contrastive_jax.train.workdir_lock import locked_workdir
+from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
 from contrastive_jax.train.init_from import initial_variables
@@ -53,106 +49,20 @@ from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
 from contrastive_jax.train.step import make_predict_step
 from contrastive_jax.train.step import make_train_step
-from contrastive_jax.train.writer import MetricWriter
-from contrastive_jax.train.writer import Progress
+# pylint: disable=unused-import  # names of the run skeleton, importable from here as before
+from contrastive_jax.train.run import ADDED_FIELDS
+from contrastive_jax.train.run import NON_IDENTITY_FIELDS
+from contrastive_jax.train.run import NonFiniteLossError
+from contrastive_jax.train.run import PreemptionFlag
+from contrastive_jax.train.run import RUN_CONTROL_FIELDS
+from contrastive_jax.train.run import config_differences
+from contrastive_jax.train.run import config_identity
+from contrastive_jax.train.run import make_mesh
+# pylint: enable=unused-import
 
 log = logging.getLogger("contrastive_jax")
 
-# Config fields that steer a run without changing its result; they may differ when resuming.
-RUN_CONTROL_FIELDS = ("stop_at_step", "resume", "nonfinite", "log_every", "checkpoint_every",
-                      "keep_checkpoints")
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Raised when a training step produced a non-finite loss or gradient."""
-
-
-class PreemptionFlag:
-  """Records SIGTERM / SIGINT so the loop can checkpoint at the next step boundary and exit cleanly.
-
-  Multi-process runs use JAX's own preemption sync point instead (every process must stop at the same
-  step for the collective checkpoint), which ``jax.distributed`` arms for SIGTERM.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received: Optional[str] = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    if self.received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # A second Ctrl-C stops at once.
-    self.received = signal.Signals(signum).name
-    log.warning("Received %s: saving a checkpoint after the current step, then exiting.",
-                self.received)
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.received is not None
-
-
-def make_mesh() -> Mesh:
-  """A 1-D mesh named 'batch' over every device of every process (Auto axis type)."""
-  return Mesh(np.array(jax.devices()), (AXIS,))
-
-
-# Fields added after runs were first checkpointed, with the value that reproduces those runs: left out
-# of the identity while they hold it, so older checkpoints still resume.
-ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (None,),
-                "loss.matmul_dtype": (None,), "micro_batch": (None,)}
-# Fields that never change what a resumed run computes: where the data are staged (``data.root``),
-# the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
-# it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
-# 'ring' after moving to more devices).
-NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile")
-
-
-def config_identity(config, run_control=RUN_CONTROL_FIELDS) -> dict:
-  """The config fields that determine a run's result, as their JSON form (tuples become lists).
-
-  Left out: the ``run_control`` fields, the :data:`NON_IDENTITY_FIELDS`, and the
-  :data:`ADDED_FIELDS` while they hold their earlier-runs value.
-  """
-  cfg = json.loads(json.dumps(config.to_dict()))
-  for path in NON_IDENTITY_FIELDS + tuple(ADDED_FIELDS):
-    section, _, name = path.rpartition(".")
-    fields = cfg.get(section) if section else cfg
-    if isinstance(fields, dict) and name in fields and (
-        path in NON_IDENTITY_FIELDS or fields[name] in ADDED_FIELDS[path]):
-      fields.pop(name)
-  return {k: v for k, v in cfg.items() if k not in run_control}
-
-
-def config_differences(a, b, prefix="") -> list:
-  """Readable ``field: checkpoint X vs now Y`` lines for two :func:`config_identity` dicts."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for key in sorted(set(a) | set(b)):
-      out += config_differences(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
-    return out
-  return [] if a == b else [f"{prefix[:-1]}: checkpoint {a!r} vs now {b!r}"]
-
-
-def _shard(host: dict, mesh: Mesh) -> dict:
-  sharding = NamedSharding(mesh, P(AXIS))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host.items()}
-
-
-def _local_slice(array: np.ndarray) -> np.ndarray:
-  n = array.shape[0] // jax.process_count()
-  return array[jax.process_index() * n:(jax.process_index() + 1) * n]
+_shard, _local_slice = run_lib.shard_batch, run_lib.local_slice
 
 
 def split_outputs(predict, state, split, batch_size: int, mesh: Mesh) -> np.ndarray:
@@ -436,25 +346,25 @@ def middle_slice(x):
   return x[:, x.shape[1] // 2]
 
 
-@locked_workdir
-@run_checks.closes_resources
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, evaluates and checkpoints one run; returns the results dict (also ``results.json``)."""
-  run_checks.check_run_control(config)
+def loss_terms(config) -> tuple:
+  """The terms of AdaCon Eq. 8, ``gamma_reg L_reg + gamma_con L_con``, with their weights (the
+  regression baseline, ``method='none'``, has no contrastive term)."""
+  con = 0.0 if config.method == "none" else float(config.loss.gamma_con)
+  return (run_lib.LossTerm("reg", "loss_reg", float(config.loss.gamma_reg)),
+          run_lib.LossTerm("con", "loss_con", con))
+
+
+def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
+  """The contrastive-regression run of ``config`` on ``mesh``, as a :class:`run.Task`: a data-parallel
+  step of ``gamma_reg L_reg + gamma_con L_con`` (AdaCon Eq. 8), validated by the protocol's metric
+  (the best state is kept), tested at the end (see :func:`train_and_evaluate`)."""
   objectives.check_method(config.method)
   check_config_fields(config)
   protocol = config.eval.get("protocol", "regression") if "eval" in config else "regression"
   if protocol not in PROTOCOLS:
     raise ValueError(f"Unknown `eval.protocol`={protocol!r}; expected one of {PROTOCOLS}.")
-  mesh = make_mesh()
-  if config.batch_size % mesh.size:
-    raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices "
-                     f"({mesh.size}).")
   eval_batch_size = config.get("eval_batch_size") or config.batch_size
-  if eval_batch_size % mesh.size:
-    raise ValueError(f"`eval_batch_size`={eval_batch_size} must be divisible by the number of "
-                     f"devices ({mesh.size}).")
-  os.makedirs(workdir, exist_ok=True)
+  run_lib.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=eval_batch_size)
 
   dataset = load_data(config)
   check_dataset(dataset, config.batch_size)
@@ -477,181 +387,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models.build_model(config.model, axis_name=AXIS,
                              input_normalization=model_input_normalization(config, dataset))
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
-  init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   augment_fn = make_augment_fn(config, dataset.kind)
   preprocess = {"video": video_eval_preprocess(config) if dataset.kind == "video" else None,
                 "volume": middle_slice}.get(dataset.kind)
-  # Initialise on the input the model will see in training: two augmented training examples.
-  example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
-  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
-  latest = run_checks.opened(Checkpointer(os.path.join(workdir, "checkpoints"),
-                                          config.keep_checkpoints))
   init_from = config.model.get("init_from", "") or ""
-  variables = initial_variables(init_from, model, variables, latest, log)
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                            batch_stats=variables.get("batch_stats", {}), rng=aug_key)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log.info("Model %s: %s parameters.", config.model.encoder, f"{num_params:,}")
 
-  # The best state is saved synchronously, after any in-flight save of the latest one: with several
-  # processes, two concurrent Orbax saves of the same step interfere (seen as hangs and "metadata from
-  # just one process" errors), so at most one save is ever in flight. Superseded best states are
-  # deleted by the loop (see `committed_best`), not by Orbax, so that the best state named by the
-  # newest complete latest checkpoint survives a crash at any moment.
-  best = run_checks.opened(Checkpointer(os.path.join(workdir, "best"), max_to_keep=None,
-                                        async_save=False))
-  meta = {"best_step": -1, "val_best": None, "config": config_identity(config),
-          "init_from": init_from}
-  if latest.latest_step() is not None:
-    run_checks.check_restorable(latest, state)
-    restored, saved_meta = latest.restore(state)
-    differences = config_differences(saved_meta.get("config", {}), meta["config"])
-    if differences and config.get("resume", "auto") != "force":
-      raise ValueError(
-          f"The checkpoint in {latest.directory} was written with a different config:\n  "
-          + "\n  ".join(differences) + "\nUse a new --workdir, or --config.resume=force to resume "
-          "anyway.")
-    if not differences and (done := run_checks.finished_results(workdir, int(restored.step),
-                                                                config.num_train_steps)):
-      return done
-    state, meta["best_step"], meta["val_best"] = restored, saved_meta["best_step"], saved_meta["val_best"]
-    meta["init_from"] = saved_meta.get("init_from", "")
-    # Best states that the interrupted run saved after this step are recomputed (identically).
-    best.keep_only(s for s in best.all_steps() if s <= int(state.step))
-    log.info("Resumed from step %d of %s.", int(state.step), latest.directory)
+  def init_state(latest) -> TrainState:
+    init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    # Initialise on the input the model will see in training: two augmented training examples.
+    example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
+    variables = initial_variables(init_from, model, variables, latest, log)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables.get("batch_stats", {}), rng=aug_key)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log.info("Model %s: %s parameters.", config.model.encoder, f"{num_params:,}")
+    return state
+
+  def on_resume(saved_meta: dict) -> dict:
     if init_from:
       log.info("model.init_from=%r is ignored: resuming from the checkpoint (the run was "
-               "initialised from %r).", init_from, meta["init_from"] or "a random init")
+               "initialised from %r).", init_from, saved_meta.get("init_from", "") or "a random init")
+    return {"init_from": saved_meta.get("init_from", "")}
 
-  train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std)
+  def host_batch(step: int) -> dict:
+    host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count(), cdf_fn=ecdf)
+    host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
+    if example_weights is not None:
+      host["weight"] = example_weights(host["y"])
+    return host
+
   evaluate = Evaluator(model, mesh, dataset, config, mean, std, preprocess)
-  writer = run_checks.opened(MetricWriter(workdir))
-  num_steps, step = int(config.num_train_steps), int(state.step)
-  first_step = step + 1
-  progress = Progress(num_steps, step, config.batch_size)
-  stop_at = int(config.get("stop_at_step", -1))
-  last_metrics: Optional[dict] = None
 
-  nonfinite_policy = config.get("nonfinite", "stop")
-  if nonfinite_policy not in ("stop", "skip"):
-    raise ValueError(f"Unknown `nonfinite`={nonfinite_policy!r}; expected 'stop' or 'skip'.")
+  def final(state, meta: dict) -> run_lib.Outcome:
+    test = evaluate(state, dataset.test, final=True)
+    results = {"method": config.method, "dataset": dataset.name, "protocol": evaluate.protocol,
+               "metric": evaluate.metric, "test": test, "val_best": meta["val_best"],
+               "best_step": meta["best_step"], "steps": int(config.num_train_steps),
+               "eval_with": evaluate.mode}
+    test_predictions = None
+    lines = [f"Test (best step {meta['best_step']}): {evaluate.describe(test)}"]
+    if evaluate.protocol == "regression":
+      mean_predictor = regression_metrics(np.full_like(dataset.test.y, np.mean(dataset.train.y)),
+                                          dataset.test.y)
+      results["test_train_mean_predictor"] = {"mae": mean_predictor["mae"],
+                                              "rmse": mean_predictor["rmse"]}
+      lines.append(f"Predicting the training mean: test MAE {mean_predictor['mae']:.4f}")
+      if evaluate.mode != "head":  # Self-supervised runs report both probes.
+        for mode in ("knn", "ridge"):
+          results[f"test_{mode}"] = evaluate(state, dataset.test, mode)
+      else:  # Kept for fold ensembles (evaluate.crossval.fold_ensemble) and error analysis.
+        test_predictions = evaluate.predictions(state, dataset.test)
 
-  def check(step_done: int, metrics) -> dict:
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if metrics.pop("nonfinite"):
-      terms = (f"loss={metrics['loss']}, loss_reg={metrics['loss_reg']}, "
-               f"loss_con={metrics['loss_con']}, grad_norm={metrics['grad_norm']}")
-      if nonfinite_policy == "skip":
-        log.warning("Non-finite loss or gradient at step %d (%s): update skipped.", step_done, terms)
-        return metrics
-      latest.wait()
-      raise NonFiniteLossError(
-          f"Non-finite loss or gradient at step {step_done}: {terms}. The update was not applied; "
-          f"{latest.describe_last_good()}. (--config.nonfinite=skip skips such steps instead.)")
-    return metrics
+    def write_files(workdir: str) -> None:
+      if test_predictions is not None:
+        np.savez(os.path.join(workdir, "test_predictions.npz"), y=np.asarray(dataset.test.y),
+                 prediction=test_predictions)
 
-  def validate(step_done: int) -> None:
-    val = evaluate(state, dataset.val)
-    writer.write_scalars(step_done, {f"val/{k}": v for k, v in val.items()})
-    improved = evaluate.is_better(val, meta["val_best"])
-    if improved:
-      meta["best_step"], meta["val_best"] = step_done, val
-      latest.wait()  # Every latest checkpoint saved so far is now complete.
-      best.save(state, meta, force=True)
-      best.keep_only({step_done, committed_best})
-    log.info("step %d | val %s%s", step_done, evaluate.describe(val),
-             " (best)" if improved else "")
+    return run_lib.Outcome(results, test, lines, write_files)
 
-  # The best step named by the newest latest checkpoint: a crash resumes from that checkpoint, so its
-  # best state is kept until a newer latest checkpoint (naming a newer best) is complete.
-  committed_best = meta["best_step"]
+  return run_lib.Task(
+      identity=config_identity(config), init_state=init_state, host_batch=host_batch,
+      train_step=make_train_step(model, config, mesh, augment_fn, schedule, mean, std),
+      evaluate=lambda state, split: evaluate(state, getattr(dataset, split)),
+      describe=evaluate.describe, final=final, metric=evaluate.metric,
+      higher_is_better=evaluate.higher_is_better, loss_terms=loss_terms(config),
+      meta={"init_from": init_from}, on_resume=on_resume)
 
-  def save_latest() -> None:
-    nonlocal committed_best
-    latest.save(state, meta, force=True)
-    committed_best = meta["best_step"]
 
-  pending = None
-  if step < num_steps:
-    progress.compiling()
-  with PreemptionFlag() as preemption:
-    while step < num_steps:
-      host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count(), cdf_fn=ecdf)
-      host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
-      if example_weights is not None:
-        host["weight"] = example_weights(host["y"])
-      state, metrics = train_step(state, _shard(host, mesh))
-      step += 1
-      if pending is not None:  # Read the previous step's metrics while this one runs.
-        last_metrics = check(*pending)
-      pending = (step, metrics)
-      stop = ("stop_at_step" if step == stop_at else
-              "signal" if preemption.should_stop(step) else None)
-      boundary = (step % config.log_every == 0 or step % config.eval_every == 0
-                  or step % config.checkpoint_every == 0 or step in (num_steps, first_step)
-                  or stop is not None)
-      if not boundary:
-        continue
-      last_metrics, pending = check(*pending), None
-      if step == first_step:
-        progress.restart_clock(step)  # Leave compilation out of the throughput and ETA.
-      if step % config.log_every == 0 or step == num_steps:
-        writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
-        log.info(progress.line(step, last_metrics))
-      with progress.paused():  # Evaluation and checkpoints stay out of the ex/s.
-        if step % config.eval_every == 0 or step == num_steps:
-          validate(step)
-        if step % config.checkpoint_every == 0 or step == num_steps or stop is not None:
-          save_latest()
-      if stop is not None and step < num_steps:
-        latest.wait()
-        best.wait()
-        writer.close()
-        why = "stop_at_step" if stop == "stop_at_step" else (preemption.received or "preemption")
-        log.info("Stopped at step %d (%s) with a checkpoint; re-run the same command to resume.",
-                 step, why)
-        return {"status": "stopped", "steps": step}
-  if pending is not None:
-    check(*pending)
-  latest.wait()
-  best.wait()
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, evaluates and checkpoints one run; returns the results dict (also ``results.json``).
 
-  if meta["best_step"] >= 0:
-    if meta["best_step"] not in best.all_steps():
-      raise ValueError(f"The best state (step {meta['best_step']}) is missing from {best.directory} "
-                       f"(found steps {list(best.all_steps())}); the workdir was changed by hand or "
-                       "written by an older version. Use a new --workdir.")
-    best.keep_only({meta["best_step"]})
-    state, _ = best.restore(state, meta["best_step"])
-  test = evaluate(state, dataset.test, final=True)
-  results = {"method": config.method, "dataset": dataset.name, "protocol": evaluate.protocol,
-             "metric": evaluate.metric, "test": test, "val_best": meta["val_best"],
-             "best_step": meta["best_step"], "steps": num_steps, "eval_with": evaluate.mode}
-  test_predictions = None
-  if evaluate.protocol == "regression":
-    mean_predictor = regression_metrics(np.full_like(dataset.test.y, np.mean(dataset.train.y)),
-                                        dataset.test.y)
-    results["test_train_mean_predictor"] = {"mae": mean_predictor["mae"],
-                                            "rmse": mean_predictor["rmse"]}
-    if evaluate.mode != "head":  # Self-supervised runs report both probes.
-      for mode in ("knn", "ridge"):
-        results[f"test_{mode}"] = evaluate(state, dataset.test, mode)
-    else:  # Kept for fold ensembles (evaluate.crossval.fold_ensemble) and error analysis.
-      test_predictions = evaluate.predictions(state, dataset.test)
-  writer.write_scalars(num_steps, {f"test/{k}": v for k, v in test.items()})
-  writer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
-    if test_predictions is not None:
-      np.savez(os.path.join(workdir, "test_predictions.npz"), y=np.asarray(dataset.test.y),
-               prediction=test_predictions)
-  log.info("Test (best step %d): %s", meta["best_step"], evaluate.describe(test))
-  if evaluate.protocol == "regression":
-    log.info("Predicting the training mean: test MAE %.4f", results["test_train_mean_predictor"]["mae"])
-  latest.close()
-  best.close()
-  return results
+  The :func:`regression_task` of ``config`` run by :func:`run.run` on every device.
+  """
+  return run_lib.run(config, workdir, regression_task, make_mesh())

@@ -69,10 +69,18 @@ class Progress:
   checkpoints), so a change of speed shows at once instead of being averaged into the whole run. The
   ETA is the remaining steps at that recent step time plus the evaluation / checkpoint time per step
   measured so far. A line with no timed step since the clock started shows ``-- ex/s | ETA --``.
+
+  The line shows the loss, then in parentheses the task's ``terms`` (``(label, metric key)``; by
+  default the regression and contrastive terms of AdaCon Eq. 8), then its ``shown`` metrics
+  (``(label, metric key, format)``, e.g. a pretext task's accuracy), the learning rate and the rate.
   """
 
-  def __init__(self, total_steps: int, first_step: int, examples_per_step: int):
+  DEFAULT_TERMS = (("reg", "loss_reg"), ("con", "loss_con"))
+
+  def __init__(self, total_steps: int, first_step: int, examples_per_step: int,
+               terms=DEFAULT_TERMS, shown=()):
     self.total, self.examples = total_steps, examples_per_step
+    self.terms, self.shown = tuple(terms), tuple(shown)
     self._t0, self._s0 = time.perf_counter(), first_step
     self._paused = 0.0  # seconds inside paused() since the clock started
     self._last = (self._t0, first_step, 0.0)  # (time, step, paused) at the previous line
@@ -115,5 +123,9 @@ class Progress:
               f"ETA {_format_seconds((per_step + overhead) * (self.total - step))}")
     else:  # nothing timed since compilation yet
       rate = "-- ex/s | ETA --"
-    return (f"step {step}/{self.total} | loss {metrics['loss']:.4f} (reg {metrics['loss_reg']:.4f}, "
-            f"con {metrics['loss_con']:.4f}) | lr {metrics['lr']:.3g} | {rate}")
+    text = f"step {step}/{self.total} | loss {metrics['loss']:.4f}"
+    if self.terms:
+      text += " (" + ", ".join(f"{label} {metrics[key]:.4f}" for label, key in self.terms) + ")"
+    for label, key, fmt in self.shown:
+      text += f" | {label} {metrics[key]:{fmt}}"
+    return f"{text} | lr {metrics['lr']:.3g} | {rate}"
