@@ -38,8 +38,6 @@ from contrastive_jax.evaluate.knn import knn_top1
 from contrastive_jax.evaluate.linear_probe import linear_probe_accuracy
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
-from contrastive_jax.losses import fit_ecdf
-from contrastive_jax.losses import get_contrastive_loss
 from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
 from contrastive_jax.train import run_checks
@@ -115,8 +113,9 @@ ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (No
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
-# 'ring' after moving to more devices).
-NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile")
+# 'ring' after moving to more devices) or of the micro-batches (``micro_batch_unroll``).
+NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile",
+                       "micro_batch_unroll")
 
 
 def config_identity(config, run_control=RUN_CONTROL_FIELDS) -> dict:
@@ -286,7 +285,8 @@ class Evaluator:
 
 
 # Config sections whose keys are keyword arguments of a function (checked by that function, or for
-# ``loss.contrastive`` against the loss's signature), not fields of the schema in ``defaults.py``.
+# ``loss.contrastive`` against the method's declared options), not fields of the schema in
+# ``defaults.py``.
 FREE_FORM_SECTIONS = ("data.kwargs", "data.augment", "model.encoder_kwargs", "loss.reg_kwargs",
                       "loss.contrastive")
 # Optional fields that ``base_config`` does not set but the trainer reads.
@@ -310,20 +310,17 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
   file would otherwise be ignored silently), with the closest known field.
 
   Known fields are those of ``defaults.base_config`` (for the config's data set), the
-  :data:`OPTIONAL_FIELDS`, and, inside ``loss.contrastive``, the keyword arguments of the selected
-  loss function.
+  :data:`OPTIONAL_FIELDS`, and, inside ``loss.contrastive``, the options the method registry
+  declares for the selected method.
   """
   variant = config.data.name if config.data.name in DATASET_VARIANTS else DATASET_VARIANTS[0]
   known = set(_field_paths(base_config(variant).to_dict())) | set(OPTIONAL_FIELDS)
   unknown = [p for p in _field_paths(config.to_dict()) if p not in known]
-  if config.method != "none":
-    fn = get_contrastive_loss(config.method)
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-      inputs = 1 + len(objectives.LOSS_INPUTS[config.method])  # features + batch-provided inputs
-      accepted = [name for name in list(params)[inputs:] if name != "axis_name"]
-      unknown += [f"loss.contrastive.{k}" for k in config.loss.contrastive.keys() if k not in accepted]
-      known |= {f"loss.contrastive.{k}" for k in accepted}
+  accepted = objectives.contrastive_options(config.method)
+  if accepted is not None:
+    unknown += [f"loss.contrastive.{k}" for k in config.loss.contrastive.keys()
+                if k not in accepted]
+    known |= {f"loss.contrastive.{k}" for k in accepted}
   if unknown:
     hints = []
     for path in unknown:
@@ -331,7 +328,8 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
       hints.append(f"{path}" + (f" (did you mean {close[0]}?)" if close else ""))
     raise ValueError("Unknown config field(s), read by nothing: " + ", ".join(hints) + ". Known "
                      "fields are those of contrastive_jax/train/defaults.py (and, in "
-                     "loss.contrastive, the keyword arguments of the selected loss).")
+                     "loss.contrastive, the options of the selected method in "
+                     "contrastive_jax/losses/registry.py).")
 
 
 def check_dataset(dataset, batch_size: int) -> None:
@@ -357,20 +355,6 @@ def check_dataset(dataset, batch_size: int) -> None:
   if len(dataset.train.y) < batch_size:
     raise ValueError(f"`batch_size`={batch_size} is larger than the training split of "
                      f"{dataset.name!r} ({len(dataset.train.y)} examples).")
-
-
-def _resolve_loss_kwargs(config, dataset) -> ml_collections.ConfigDict:
-  """Fills data-dependent loss hyperparameters (ACCon's label range R = max(Y) - min(Y), Eq. 2)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.method == "accon" and config.loss.contrastive.get("label_range") is None:
-    label_range = float(dataset.label_range)
-    if not label_range > 0:
-      raise ValueError(
-          f"ACCon's label range R = max - min of the training labels is {label_range}: all training "
-          f"labels of {dataset.name!r} are equal, so the angle compensation (Eq. 2) is undefined. "
-          "Check the target column, or set loss.contrastive.label_range.")
-    config.loss.contrastive.label_range = label_range
-  return config
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -458,8 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   dataset = load_data(config)
   check_dataset(dataset, config.batch_size)
-  config = _resolve_loss_kwargs(config, dataset)
-  ecdf = fit_ecdf(dataset.train.y) if config.method == "adacon" else None
+  config, prepared = objectives.prepare(config, dataset.train.y)  # the method's registry hook
   lds = config.loss.get("lds")
   if lds is not None and lds.enabled:
     lds_kwargs = {k: v for k, v in lds.to_dict().items() if k != "enabled"}
@@ -524,7 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log.info("model.init_from=%r is ignored: resuming from the checkpoint (the run was "
                "initialised from %r).", init_from, meta["init_from"] or "a random init")
 
-  train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std)
+  train_step = make_train_step(model, config, mesh, augment_fn, schedule, mean, std, prepared)
   evaluate = Evaluator(model, mesh, dataset, config, mean, std, preprocess)
   writer = run_checks.opened(MetricWriter(workdir))
   num_steps, step = int(config.num_train_steps), int(state.step)
@@ -579,7 +562,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     while step < num_steps:
       host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
                                   process_index=jax.process_index(),
-                                  process_count=jax.process_count(), cdf_fn=ecdf)
+                                  process_count=jax.process_count())
       host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
       if example_weights is not None:
         host["weight"] = example_weights(host["y"])
