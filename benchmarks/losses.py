@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import platform
 import statistics
@@ -57,13 +56,15 @@ def _labels(rng, batch):
   return rng.integers(0, max(batch // 8, 2), size=batch).astype(np.float32)
 
 
-def make_loss(name: str, impl: str, tile, matmul_dtype, axis_name=None):
-  """``loss(features, labels, cdf)`` for ``name`` (per shard when ``axis_name`` is set)."""
+def make_loss(name: str, impl: str, tile, matmul_dtype, axis_name=None, rnc_options=None):
+  """``loss(features, labels, cdf)`` for ``name`` (per shard when ``axis_name`` is set);
+  ``rnc_options``: rnc's ``variant`` / ``search_method`` / ``search_radix_bits``."""
   mode = dict(impl=impl, matmul_dtype=matmul_dtype, axis_name=axis_name)
   if tile is not None:
     mode["tile"] = tile
   if name == "rnc":
     mode.pop("matmul_dtype")
+    mode.update(rnc_options or {})
     if tile is not None:
       mode["tile"] = tile[0] if isinstance(tile, tuple) else tile
   table = {
@@ -113,23 +114,23 @@ def _median_time(fn, args, reps):
   return statistics.median(times)
 
 
-def _sharded(name, impl, tile, matmul_dtype, mesh):
+def _sharded(name, impl, tile, matmul_dtype, mesh, rnc_options=None):
   """The loss per shard inside ``shard_map`` over ``mesh`` (axis 'batch'), as the trainer runs it."""
-  loss = make_loss(name, impl, tile, matmul_dtype, axis_name="batch")
+  loss = make_loss(name, impl, tile, matmul_dtype, axis_name="batch", rnc_options=rnc_options)
   spec = jax.sharding.PartitionSpec("batch")
   return jax.shard_map(loss, mesh=mesh, in_specs=(spec,) * 3, out_specs=jax.sharding.PartitionSpec())
 
 
-def run_one(name, impl, m, tile, matmul_dtype, reps, rates, seed=0, mesh=None):
+def run_one(name, impl, m, tile, matmul_dtype, reps, rates, seed=0, mesh=None, rnc_options=None):
   rng = np.random.default_rng(seed)
   batch = m // 2
   feats = jnp.asarray(rng.normal(size=(batch, 2, DIM)).astype(np.float32))
   labels = jnp.asarray(_labels(rng, batch))
   cdf = jnp.asarray(L.fit_ecdf(np.asarray(labels))(np.asarray(labels)))
   if mesh is None:
-    loss, shards = make_loss(name, impl, tile, matmul_dtype), 1
+    loss, shards = make_loss(name, impl, tile, matmul_dtype, rnc_options=rnc_options), 1
   else:
-    loss, shards = _sharded(name, impl, tile, matmul_dtype, mesh), mesh.size
+    loss, shards = _sharded(name, impl, tile, matmul_dtype, mesh, rnc_options), mesh.size
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     feats, labels, cdf = (jax.device_put(x, split) for x in (feats, labels, cdf))
   fn = jax.jit(jax.value_and_grad(lambda f: loss(f, labels, cdf)))
@@ -204,13 +205,9 @@ def main(argv=None):
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   tile = tuple(int(t) for t in args.tile.split(",")) if args.tile else None
-  rnc_module = importlib.import_module("contrastive_jax.losses.rnc")
-  if args.rnc_search:
-    rnc_module.SEARCH_METHOD = args.rnc_search
-  if args.rnc_variant:
-    rnc_module.VARIANT = args.rnc_variant
-  if args.rnc_radix_bits is not None:
-    rnc_module.SEARCH_RADIX_BITS = args.rnc_radix_bits
+  rnc_options = {k: v for k, v in (("search_method", args.rnc_search),
+                                    ("variant", args.rnc_variant),
+                                    ("search_radix_bits", args.rnc_radix_bits)) if v is not None}
   matmul_dtype = jnp.dtype(args.matmul_dtype) if args.matmul_dtype else None
   sizes = ([int(s) for s in args.sizes.split(",")] if args.sizes else
            [2 ** k for k in range(args.min_log2, args.max_log2 + 1)])
@@ -232,7 +229,8 @@ def main(argv=None):
           rows.append({"loss": name, "impl": impl, "M": m, "status": f"skipped ({stop})"})
           continue
         try:
-          row = run_one(name, impl, m, tile, matmul_dtype, args.reps, rates, mesh=mesh)
+          row = run_one(name, impl, m, tile, matmul_dtype, args.reps, rates, mesh=mesh,
+                        rnc_options=rnc_options)
           if row["median_s"] > args.max_seconds:
             stop = f"M={m} took {row['median_s']:.0f} s"
         except Exception as e:  # pylint: disable=broad-except  (OOM is an XlaRuntimeError)
@@ -250,7 +248,8 @@ def main(argv=None):
                  "platform": device.platform, "jax": jax.__version__, "python": platform.python_version(),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "rates": rates,
                  "devices": mesh.size if mesh is not None else 1, "tile": tile,
-                 "matmul_dtype": args.matmul_dtype, "rows": rows}, f, indent=1)
+                 "matmul_dtype": args.matmul_dtype, "rnc_options": rnc_options, "rows": rows}, f,
+                indent=1)
 
 
 if __name__ == "__main__":

@@ -34,14 +34,15 @@ from contrastive_jax import models  # pylint: disable=wrong-import-position
 from contrastive_jax.train import loop  # pylint: disable=wrong-import-position
 from contrastive_jax.train.optim import make_optimizer  # pylint: disable=wrong-import-position
 from contrastive_jax.train.state import TrainState  # pylint: disable=wrong-import-position
-from contrastive_jax.train import step as step_lib  # pylint: disable=wrong-import-position
 from contrastive_jax.train.step import make_train_step  # pylint: disable=wrong-import-position
 
 
-def build(batch: int, micro_batch, image=32):
-  """(compiled step, state, batch) of ``simclr:cifar10`` at global ``batch`` samples."""
+def build(batch: int, micro_batch, image=32, unroll=None):
+  """(compiled step, state, batch) of ``simclr:cifar10`` at global ``batch`` samples;
+  ``unroll``: ``config.micro_batch_unroll``."""
   config = simclr.get_config("cifar10")
   config.micro_batch = micro_batch
+  config.micro_batch_unroll = unroll
   model = models.build_model(config.model, axis_name=loop.AXIS)
   mesh = loop.make_mesh()
   x = np.random.default_rng(0).integers(0, 256, size=(batch, image, image, 3), dtype=np.uint8)
@@ -55,9 +56,9 @@ def build(batch: int, micro_batch, image=32):
   return step.lower(state, data).compile(), state, data
 
 
-def measure(batch: int, micro_batch, timed: bool, reps: int) -> dict:
+def measure(batch: int, micro_batch, timed: bool, reps: int, unroll=None) -> dict:
   start = time.perf_counter()
-  compiled, state, data = build(batch, micro_batch)
+  compiled, state, data = build(batch, micro_batch, unroll=unroll)
   row = {"batch": batch, "rows_per_device": 2 * batch // jax.device_count(),
          "micro_batch": micro_batch, "compile_s": time.perf_counter() - start,
          "temp_bytes": compiled.memory_analysis().temp_size_in_bytes, "median_s": None}
@@ -84,7 +85,7 @@ def main(argv=None):
                       help="micro-batch loop: unrolled or lax.scan (auto: unrolled on CPU only)")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
-  step_lib.MICRO_BATCH_UNROLL = {"auto": None, "true": True, "false": False}[args.unroll]
+  unroll = {"auto": None, "true": True, "false": False}[args.unroll]
   device = jax.devices()[0]
   print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {device.platform}: "
         f"{device.device_kind} x {jax.device_count()}, jax {jax.__version__}; micro-batch loop: "
@@ -94,7 +95,7 @@ def main(argv=None):
   rows = []
   for batch in (int(b) for b in args.batches.split(",")):
     for micro in (None, args.micro):
-      row = measure(batch, micro, batch <= args.time_up_to, args.reps)
+      row = measure(batch, micro, batch <= args.time_up_to, args.reps, unroll)
       rows.append(row)
       step = "" if row["median_s"] is None else f"{row['median_s'] * 1e3:.0f} ms"
       print(f"| {batch:,} | {row['rows_per_device']:,} | {micro or 'all'} | "

@@ -153,11 +153,10 @@ def test_blockwise_memory_is_linear_in_batch():
   assert rnc_block < square, rnc_block
 
 
-def test_auto_picks_dense_for_small_and_blockwise_for_large(monkeypatch):
+def test_auto_picks_dense_for_small_and_blockwise_for_large():
   assert pairwise.blockwise.resolve_impl('auto', 128, 128) == 'dense'
-  monkeypatch.setattr(pairwise.blockwise, '_dense_budget_bytes', lambda: 1 << 20)
-  assert pairwise.blockwise.resolve_impl('auto', 1024, 1024) == 'blockwise'
-  assert pairwise.blockwise.resolve_impl('dense', 1 << 20, 1 << 20) == 'dense'
+  assert pairwise.blockwise.resolve_impl('auto', 1024, 1024, budget_bytes=1 << 20) == 'blockwise'
+  assert pairwise.blockwise.resolve_impl('dense', 1 << 20, 1 << 20, budget_bytes=1 << 20) == 'dense'
   feats, labels, _ = _inputs(batch=64)
   np.testing.assert_allclose(L.supcon(feats, labels, impl='auto'),
                              L.supcon(feats, labels, impl='dense'), rtol=1e-5)

@@ -298,16 +298,10 @@ def test_adaptive_triplet_all_chunked_map_matches():
   and the same gradient as the single-step (vmap) path."""
   f = make_features(30, 24, 1, 4)
   y = make_labels(30, 24, 'continuous')
-  import contrastive_jax.losses.metric_learning as ml  # pylint: disable=import-outside-toplevel
-  value_and_grad = lambda: jax.jit(jax.value_and_grad(
-      lambda a, b: adaptive_triplet(a, b, margin_scale=0.5)))(f, y)
+  value_and_grad = lambda **k: jax.jit(jax.value_and_grad(
+      lambda a, b: adaptive_triplet(a, b, margin_scale=0.5, **k)))(f, y)
   expected_value, expected_grad = value_and_grad()
-  old = ml._CHUNK_ELEMENTS  # pylint: disable=protected-access
-  ml._CHUNK_ELEMENTS = 5 * 24 * 24  # 5 anchors per step, remainder 4  # pylint: disable=protected-access
-  try:
-    value, grad = value_and_grad()
-  finally:
-    ml._CHUNK_ELEMENTS = old  # pylint: disable=protected-access
+  value, grad = value_and_grad(chunk_elements=5 * 24 * 24)  # 5 anchors per step, remainder 4
   assert_scalar_close(value, R.adaptive_triplet_ref(f, y, 0.5, 'all', 'squared'))
   np.testing.assert_allclose(value, expected_value, rtol=RTOL)
   np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)

@@ -25,7 +25,6 @@ from contrastive_jax.train import train_and_evaluate
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
-from contrastive_jax.train import step as step_lib
 from contrastive_jax.train.step import make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,11 +85,12 @@ def test_micro_batches_equal_one_pass_on_8_cpu_devices():
   assert results and all(r["ok"] for r in results.values()), results
 
 
-def _small_cnn_step(micro_batch, batch=32):
+def _small_cnn_step(micro_batch, batch=32, unroll=None):
   config = base_config("digits_angle")
   config.method = "simclr"
   config.loss.gamma_con = 1.0
   config.micro_batch = micro_batch
+  config.micro_batch_unroll = unroll
   model = models.build_model(config.model, axis_name=loop.AXIS)
   mesh = loop.make_mesh()
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch, 16, 16, 1)), jnp.float32)
@@ -119,23 +119,21 @@ def test_batch_norm_model_trains_and_one_micro_batch_is_one_pass():
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
-def test_activation_memory_shrinks_with_the_micro_batch(monkeypatch):
+def test_activation_memory_shrinks_with_the_micro_batch():
   """``lax.scan`` (the accelerator path) keeps one micro-batch live; the unrolled CPU default
   saves less (XLA:CPU's scheduler keeps several of them live)."""
   temp = {}
   for micro, unroll in ((None, None), (16, False), (16, True)):
-    monkeypatch.setattr(step_lib, "MICRO_BATCH_UNROLL", unroll)
-    step, state, data = _small_cnn_step(micro, batch=128)
+    step, state, data = _small_cnn_step(micro, batch=128, unroll=unroll)
     temp[micro, unroll] = step.lower(state, data).compile().memory_analysis().temp_size_in_bytes
   one_pass = temp[None, None]
   assert temp[16, False] < 0.2 * one_pass and temp[16, True] < 0.8 * one_pass, temp
 
 
-def test_scan_and_unrolled_micro_batches_agree(monkeypatch):
+def test_scan_and_unrolled_micro_batches_agree():
   results = {}
   for unroll in (False, True):
-    monkeypatch.setattr(step_lib, "MICRO_BATCH_UNROLL", unroll)
-    step, state, data = _small_cnn_step(16)
+    step, state, data = _small_cnn_step(16, unroll=unroll)
     new_state, metrics = step(state, data)
     results[unroll] = (new_state.params, new_state.batch_stats, metrics)
   chex.assert_trees_all_close(results[True], results[False], rtol=1e-5, atol=1e-6)

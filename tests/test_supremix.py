@@ -217,7 +217,8 @@ def test_check_grads_float64(x64):  # pylint: disable=redefined-outer-name,unuse
   weights = jnp.asarray(rng.normal(size=(2, 6)))
 
   def fn(x):
-    lse, total, _ = supremix_module._hard_positive_stats(x, y, y, window)  # pylint: disable=protected-access
+    lse, total, _ = supremix_module._hard_positive_stats(  # pylint: disable=protected-access
+        supremix_module.CHUNK_ELEMENTS, x, y, y, window)
     return weights[0] * lse + weights[1] * total
 
   assert fn(logits).dtype == jnp.float64
@@ -243,14 +244,14 @@ def test_grad_matches_finite_difference_of_reference(x64, official):  # pylint: 
 
 
 # ----------------------------------------------------------------------------------------------------
-# The chunked (lax.map) path, used when chunk * N^2 would exceed _CHUNK_ELEMENTS
+# The chunked (lax.map) path, used when chunk * N^2 would exceed ``chunk_elements``
 # ----------------------------------------------------------------------------------------------------
-def test_chunked_path_matches_single_chunk(monkeypatch):
+def test_chunked_path_matches_single_chunk():
   f, y, a, window = case_inputs('ages_3view')  # n = 15 anchors
   fn = lambda x: supremix(x, y, None, 0.2, window=window, alphas=a, official=True)
   whole_v, whole_g = jax.jit(jax.value_and_grad(fn))(f)
-  monkeypatch.setattr(supremix_module, '_CHUNK_ELEMENTS', 4 * 15 * 15)  # 4 anchors a step + 3
-  fn2 = lambda x: supremix(x, y, None, 0.2, window=window, alphas=a, official=True)
+  fn2 = lambda x: supremix(x, y, None, 0.2, window=window, alphas=a, official=True,
+                           chunk_elements=4 * 15 * 15)  # 4 anchors a step + 3
   jaxpr = str(jax.make_jaxpr(jax.grad(fn2))(f))
   assert 'scan' in jaxpr
   chunk_v, chunk_g = jax.jit(jax.value_and_grad(fn2))(f)

@@ -142,10 +142,13 @@ def test_bad_config_values_raise_clear_errors(tmp_path, field, value, message):
 
 
 def test_accon_label_range_comes_from_training_labels(tmp_path):
+  from contrastive_jax.train import objectives  # pylint: disable=g-import-not-at-top
   config = tiny_config("accon", steps=2)
-  resolved = loop._resolve_loss_kwargs(  # pylint: disable=protected-access
-      config, type("D", (), {"label_range": 123.0})())
-  assert resolved.loss.contrastive.label_range == 123.0
+  resolved, prepared = objectives.prepare(config, np.array([2.0, 125.0, 7.0]))
+  assert resolved.loss.contrastive.label_range == 123.0 and prepared == {}
+  assert config.loss.contrastive.label_range is None  # the caller's config is left alone
+  with pytest.raises(ValueError, match="label range R .* is 0.0"):
+    objectives.prepare(config, np.full(5, 3.0))
   config.loss.contrastive.label_range = -1.0
   with pytest.raises(ValueError, match="label_range"):
     train_and_evaluate(config, str(tmp_path))

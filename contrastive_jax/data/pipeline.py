@@ -21,7 +21,7 @@ float inputs (the bundled datasets) pass unchanged.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -74,8 +74,7 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
-                process_index: int = 0, process_count: int = 1,
-                cdf_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
   """The training batch at ``step``: a pure function of ``(seed, step)``.
 
   Args:
@@ -85,12 +84,11 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
     step: global step (>= 0); ``epoch = step // steps_per_epoch``.
     process_index: this process (``jax.process_index()``).
     process_count: number of processes (``jax.process_count()``).
-    cdf_fn: optional ``y -> F(y)`` in [0, 1], the ECDF of the training labels (AdaCon). When given,
-      the batch carries ``'cdf'``.
 
   Returns:
-    ``{'x': float32 [b, ...], 'y': float32 [b]}`` plus ``'cdf': float32 [b]`` when ``cdf_fn`` is
-    given, with ``b = global_batch_size // process_count``.
+    ``{'x': float32 [b, ...], 'y': float32 [b]}`` with ``b = global_batch_size // process_count``.
+    (Values computed from the training labels, e.g. AdaCon's ECDF, are applied on device: see
+    ``losses.registry``.)
   """
   num = len(split.y)
   spe = steps_per_epoch(num, global_batch_size)
@@ -100,14 +98,7 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
   epoch, within = divmod(int(step), spe)
   perm = np.random.default_rng([int(seed), epoch]).permutation(num)
   idx = perm[within * global_batch_size:(within + 1) * global_batch_size][local]
-  batch = {'x': take_rows(split.x, idx), 'y': np.asarray(split.y[idx], np.float32)}
-  if cdf_fn is not None:
-    cdf = np.asarray(cdf_fn(batch['y']), np.float32)
-    if cdf.shape != batch['y'].shape:
-      raise ValueError(f'cdf_fn must return one value per label, shape {batch["y"].shape}; '
-                       f'got shape {cdf.shape}.')
-    batch['cdf'] = cdf
-  return batch
+  return {'x': take_rows(split.x, idx), 'y': np.asarray(split.y[idx], np.float32)}
 
 
 def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0,

@@ -3,6 +3,7 @@
 Calling convention (METHODS.md): ``features [batch, views, dim]``, ``labels [batch]``; every row is an
 anchor. Each contrastive loss also runs per shard inside ``jax.shard_map`` when given ``axis_name``:
 it all-gathers features and labels, computes its own anchors' rows, and returns the global mean.
+The trainer finds a method's loss, inputs and options in :mod:`contrastive_jax.losses.registry`.
 """
 
 from contrastive_jax.losses.accon import accon
@@ -30,28 +31,16 @@ from contrastive_jax.losses.supcon import supcon
 from contrastive_jax.losses.supremix import supremix
 from contrastive_jax.losses.supremix import supremix_alphas
 
-# Registry used by the trainer: config.method -> loss function.
-CONTRASTIVE_LOSSES = {
-    "simclr": simclr,
-    "supcon": supcon,
-    "adacon": adacon,
-    "accon": accon,
-    "rnc": rnc,
-    "supremix": supremix,
-    "conr": conr,
-    "ranksim": ranksim,
-    "npair": npair,
-    "adaptive_triplet": adaptive_triplet,
-    "binary_contrastive": binary_contrastive,
-    "binary_contrastive_combo": binary_contrastive_combo,
-    "mio": mio,
-    "dystress": dystress,
-}
+from contrastive_jax.losses import registry
+from contrastive_jax.losses.registry import Method
+from contrastive_jax.losses.registry import get_method
+from contrastive_jax.losses.registry import register
+from contrastive_jax.losses.registry import unregister
+
+# config.method -> loss function: a read-only, live view of the method registry (registry.py).
+CONTRASTIVE_LOSSES = registry.LossView()
 
 
 def get_contrastive_loss(name: str):
   """The contrastive loss registered under ``name`` (ValueError listing the known names)."""
-  if name not in CONTRASTIVE_LOSSES:
-    raise ValueError(f"Unknown contrastive method {name!r}; expected one of "
-                     f"{sorted(CONTRASTIVE_LOSSES)}.")
-  return CONTRASTIVE_LOSSES[name]
+  return get_method(name).loss

@@ -33,6 +33,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
@@ -90,6 +91,25 @@ def _official_per_anchor(row_max, lse_positive, lse_negative, positive_sum, coun
   log_denominator = jnp.logaddexp(lse_positive - row_max, lse_negative)
   summed = positive_sum - count * row_max - jnp.where(count > 0, count * log_denominator, 0.0)
   return (summed + epsilon) / (count + epsilon)
+
+
+def resolve_label_range(train_labels, loss_cfg) -> dict:
+  """The method registry's hook: ``{'label_range': max - min}`` of the training labels (Eq. 2's R)
+  when ``loss_cfg.contrastive.label_range`` is unset (None), else ``{}``.
+
+  Raises:
+    ValueError: if every training label is equal (R = 0: Eq. 2's angle compensation is undefined).
+  """
+  if loss_cfg.contrastive.get("label_range") is not None:
+    return {}
+  y = np.asarray(train_labels)
+  label_range = float(np.max(y) - np.min(y))
+  if not label_range > 0:
+    raise ValueError(
+        f"ACCon's label range R = max - min of the training labels is {label_range}: all training "
+        "labels are equal, so the angle compensation (Eq. 2) is undefined. Check the target "
+        "column, or set loss.contrastive.label_range.")
+  return {"label_range": label_range}
 
 
 def accon(features: jax.Array, labels: jax.Array, label_range: float, temperature: float = 0.05,

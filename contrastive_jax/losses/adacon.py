@@ -31,20 +31,28 @@ from contrastive_jax.losses.supcon import unit_rows
 
 @flax.struct.dataclass
 class ECDF:
-  """Empirical CDF of the training labels (AdaCon Eq. 5); a pytree, usable inside ``jit``."""
+  """Empirical CDF of the training labels (AdaCon Eq. 5); a pytree, usable inside ``jit``.
+
+  ``sorted_labels``: the distinct training labels (float32, ascending); ``values``: ``[m + 1]``
+  float32, ``values[k]`` = (number of training labels <= ``sorted_labels[k - 1]``) / N, divided
+  and rounded once, on the host (``values[0] = 0``). ``phi(y)`` is then a search and a gather, so
+  the device gives the same bits as NumPy (a float32 division on the device need not: XLA may
+  multiply by the reciprocal of N, off by one ulp).
+  """
   sorted_labels: jax.Array
+  values: jax.Array
 
   def __call__(self, y):
     """``phi(y) = #{train labels <= y} / N`` for an array ``y`` (NumPy in, NumPy out; else jnp)."""
-    n = self.sorted_labels.shape[0]
     if isinstance(y, np.ndarray) and isinstance(self.sorted_labels, np.ndarray):
-      return (np.searchsorted(self.sorted_labels, y, side="right") / n).astype(np.float32)
+      return np.asarray(self.values)[np.searchsorted(self.sorted_labels, y, side="right")]
     idx = jnp.searchsorted(jnp.asarray(self.sorted_labels), y, side="right")
-    return idx.astype(jnp.float32) / n
+    return jnp.asarray(self.values)[idx]
 
 
 def fit_ecdf(train_labels) -> ECDF:
-  """Fits phi on the training labels: sorted labels, evaluated with ``searchsorted``.
+  """Fits phi on the training labels (as float32): their distinct values and the fraction of labels
+  up to each, evaluated with ``searchsorted``.
 
   Raises:
     ValueError: if ``train_labels`` is empty, not 1-D, non-finite, or constant (phi would be the step
@@ -59,7 +67,16 @@ def fit_ecdf(train_labels) -> ECDF:
   if np.all(y == y[0]):
     raise ValueError(f"`train_labels` are all equal ({y[0]}): the AdaCon ECDF margin would be 0 "
                      "for every pair. Check the target column.")
-  return ECDF(sorted_labels=np.sort(y).astype(np.float32))
+  labels, counts = np.unique(y.astype(np.float32), return_counts=True)
+  below = np.concatenate([[0], np.cumsum(counts)])
+  return ECDF(sorted_labels=labels, values=(below / y.size).astype(np.float32))
+
+
+def prepare_ecdf(train_labels, loss_cfg=None) -> dict:
+  """The method registry's hook: ``{'cdf': fit_ecdf(train_labels)}``, passed to :func:`adacon`,
+  which applies it to each batch's labels inside the jitted step."""
+  del loss_cfg  # AdaCon's options do not change phi
+  return {"cdf": fit_ecdf(train_labels)}
 
 
 def _margin_logits(profile, matmul_dtype, params, a, c, a_aux, c_aux):
@@ -71,7 +88,7 @@ def _margin_logits(profile, matmul_dtype, params, a, c, a_aux, c_aux):
   return (cos + margin) / tile_temperature(profile, params, cos), positive
 
 
-def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1.0 / 150.0,
+def adacon(features: jax.Array, labels: jax.Array, cdf, temperature=1.0 / 150.0,
            *, axis_name: Optional[str] = None, impl: str = "auto", tile=None,
            matmul_dtype=None) -> jax.Array:
   """Adaptive-margin contrastive loss (AdaCon Eq. 6).
@@ -80,7 +97,9 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
     features: ``[batch, views, dim]`` projections (L2-normalised here); one view is fine (positives:
       the other samples with the same label).
     labels: ``[batch]`` regression labels; positives are the rows with exactly the same label.
-    cdf: ``[batch]`` ``phi(labels)`` in [0, 1] from ``fit_ecdf(train_labels)``.
+    cdf: ``[batch]`` ``phi(labels)`` in [0, 1], or the :class:`ECDF` ``fit_ecdf(train_labels)``
+      itself, then applied to ``labels`` here (on device when traced; the same float32 values as
+      the host-side ``ECDF(labels)``).
     temperature: ``1 / s``; the paper's s = 150. A callable gives each pair's temperature from its
       stop-gradient cosine similarity (e.g. a DySTreSS profile, ``dystress_temperature``).
     axis_name: mesh axis when called per shard inside ``shard_map``.
@@ -90,6 +109,8 @@ def adacon(features: jax.Array, labels: jax.Array, cdf: jax.Array, temperature=1
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
+  if isinstance(cdf, ECDF):
+    cdf = cdf(labels)
   cdf = _checks.check_per_sample(cdf, features.shape[0], "cdf")
   host_cdf = _checks.concrete(cdf)
   if host_cdf is not None and (np.any(host_cdf < 0) or np.any(host_cdf > 1)):

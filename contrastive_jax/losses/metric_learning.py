@@ -52,7 +52,7 @@ from contrastive_jax.losses import _checks
 
 MININGS = ("all", "batch_hard")
 DISTANCES = ("squared", "euclidean")
-_CHUNK_ELEMENTS = 1 << 22  # [chunk, M, M] elements per step of the all-triplet map
+CHUNK_ELEMENTS = 1 << 22  # [chunk, M, M] elements per step of the all-triplet map (default)
 
 
 def _global_ratio(total: jax.Array, count: jax.Array, axis_name: Optional[str]) -> jax.Array:
@@ -112,8 +112,9 @@ def _triplet_inputs(features, labels, margin_scale, distance, axis_name):
   return dist - margin_scale * label_dist, label_dist, rows.is_self
 
 
-def _all_triplets(v, label_dist, is_self):
-  """(sum of hinges, number of valid triplets) per anchor row; O(M^2) memory per anchor."""
+def _all_triplets(v, label_dist, is_self, chunk_elements: int):
+  """(sum of hinges, number of valid triplets) per anchor row; O(M^2) memory per anchor, anchors in
+  chunks of ``chunk_elements // M^2`` (at least one)."""
 
   def one_anchor(args):
     v_i, a_i, self_i = args
@@ -123,7 +124,7 @@ def _all_triplets(v, label_dist, is_self):
     return jnp.sum(jnp.where(valid, hinge, 0.0)), jnp.sum(valid).astype(v_i.dtype)
 
   n, m = v.shape
-  chunk = int(max(1, min(n, _CHUNK_ELEMENTS // (m * m))))
+  chunk = int(max(1, min(n, chunk_elements // (m * m))))
   if chunk == n:  # everything fits in one step: plain vmap
     sums, counts = jax.vmap(one_anchor)((v, label_dist, is_self))
   else:  # chunks of anchors; remat keeps only the [M] inputs of each step for the backward pass
@@ -164,7 +165,8 @@ def _hardest_triplets(v, label_dist, is_self):
 
 def adaptive_triplet(features: jax.Array, labels: jax.Array, *, margin_scale: float = 1.0,
                      mining: str = "all", distance: str = "squared",
-                     axis_name: Optional[str] = None) -> jax.Array:
+                     axis_name: Optional[str] = None,
+                     chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
   """Adaptive-margin triplet loss (see the module docstring).
 
   Args:
@@ -176,11 +178,16 @@ def adaptive_triplet(features: jax.Array, labels: jax.Array, *, margin_scale: fl
       mean over anchors).
     distance: ``'squared'`` (``||z_i - z_j||^2``, default) or ``'euclidean'`` (``||z_i - z_j||``).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    chunk_elements: memory bound of ``mining='all'``: anchors are mapped in chunks of
+      ``chunk_elements // M^2`` (at least one), ``M`` the rows; the value does not change.
   """
   if mining not in MININGS:
     raise ValueError(f"`mining` must be one of {MININGS}; got {mining!r}.")
   if distance not in DISTANCES:
     raise ValueError(f"`distance` must be one of {DISTANCES}; got {distance!r}.")
+  if (isinstance(chunk_elements, bool) or int(chunk_elements) != chunk_elements
+      or chunk_elements < 1):
+    raise ValueError(f"`chunk_elements` must be a positive integer; got {chunk_elements!r}.")
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
   host = _checks.concrete(margin_scale)
@@ -188,7 +195,7 @@ def adaptive_triplet(features: jax.Array, labels: jax.Array, *, margin_scale: fl
     raise ValueError(f"`margin_scale` must be a finite number >= 0; got {margin_scale!r}.")
   v, label_dist, is_self = _triplet_inputs(features, labels, margin_scale, distance, axis_name)
   if mining == "all":
-    total, count = _all_triplets(v, label_dist, is_self)
+    total, count = _all_triplets(v, label_dist, is_self, int(chunk_elements))
     loss = _global_ratio(total, count, axis_name)
   else:
     loss = pairwise.global_mean(_hardest_triplets(v, label_dist, is_self), axis_name)

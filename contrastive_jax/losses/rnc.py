@@ -19,8 +19,8 @@ SHARED sorted label vector with the exact float predicate (:func:`_first_true`),
 ``hi_ij = min{k : fl(y_k - y_i) >= d_ij}``. Vector labels (``[batch, k]``, L1 distance) keep a per-row
 sort (:func:`_row_log_denominators`).
 
-``VARIANT`` (module constant, read at trace time; None picks by backend, see :func:`_variant`)
-selects the scalar-label implementation:
+The ``variant`` argument (None picks by backend, see :func:`_variant`) selects the scalar-label
+implementation:
 
 * ``'analytic'`` (default off CPU): shared-vector searches and a custom VJP with the closed-form
   gradient ``dL_i/ds_ik = 1[k != i] - exp(s_ik) sum_{j != i: d_ij <= d_ik} exp(-L_ij)``; the set of ``j`` is a
@@ -29,8 +29,8 @@ selects the scalar-label implementation:
   ``tile x M`` is kept between the forward and the backward pass.
 * ``'shared_search'`` (default on CPU): the same searches, gradient by autodiff (scatter-adds) under
   ``jax.checkpoint``.
-* ``'per_row_search'``: ``jnp.searchsorted`` (method ``SEARCH_METHOD``) on per-row key arrays,
-  autodiff under ``jax.checkpoint`` (the original implementation).
+* ``'per_row_search'``: ``jnp.searchsorted`` (its ``method`` is the ``search_method`` argument) on
+  per-row key arrays, autodiff under ``jax.checkpoint`` (the original implementation).
 
 ``impl='blockwise'`` evaluates the anchors in tiles of ``tile`` rows against all ``M`` columns, so the
 temporaries are O(M d + tile * M); ``'dense'`` is the same tile function on all rows at once;
@@ -51,10 +51,14 @@ from contrastive_jax.losses import _checks
 from contrastive_jax.pairwise import blockwise as _bw
 
 DEFAULT_ROW_TILE = 256
-VARIANTS = ("analytic", "shared_search", "per_row_search")
-VARIANT = None  # scalar-label implementation, one of VARIANTS; None: by backend (see _variant)
-SEARCH_METHOD = "scan"  # jnp.searchsorted's method of the 'per_row_search' variant
-SEARCH_RADIX_BITS = None  # probes per level of the shared-vector search: 2^bits - 1 (None: auto)
+VARIANTS = ("analytic", "shared_search", "per_row_search")  # scalar-label implementations
+
+
+class _Search(NamedTuple):
+  """Static options of the label searches: ``jnp.searchsorted``'s ``method`` ('per_row_search') and
+  the probes per level of the shared-vector search, ``2^bits - 1`` (see :func:`_first_true`)."""
+  method: str
+  bits: int
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,51 +74,55 @@ def _row_log_denominators(label_dist: jax.Array, logits: jax.Array) -> jax.Array
   return suffix[start]
 
 
-def _v_log_denominators(label_dist: jax.Array, logits: jax.Array, pivot: jax.Array) -> jax.Array:
+def _v_log_denominators(method: str, label_dist: jax.Array, logits: jax.Array,
+                        pivot: jax.Array) -> jax.Array:
   """The same for one row whose columns are sorted by label: ``label_dist`` falls on ``[0, pivot)``
   and rises on ``[pivot, M)``; ``{k: d_k >= d_j}`` = prefix ``[0, lo_j)`` + suffix ``[hi_j, M)``."""
   num = label_dist.shape[0]
   below = jnp.arange(num) < pivot
   falling = jnp.where(below, -label_dist, jnp.inf)   # nondecreasing
   rising = jnp.where(below, -jnp.inf, label_dist)    # nondecreasing
-  lo = jnp.searchsorted(falling, -label_dist, side="right", method=SEARCH_METHOD)
-  hi = jnp.searchsorted(rising, label_dist, side="left", method=SEARCH_METHOD)
+  lo = jnp.searchsorted(falling, -label_dist, side="right", method=method)
+  hi = jnp.searchsorted(rising, label_dist, side="left", method=method)
   neg_inf = jnp.full((1,), -jnp.inf, logits.dtype)
   prefix = jnp.concatenate([neg_inf, jax.lax.cumlogsumexp(logits, axis=0)])
   suffix = jnp.concatenate([jax.lax.cumlogsumexp(logits, axis=0, reverse=True), neg_inf])
   return jnp.logaddexp(prefix[lo], suffix[hi])
 
 
-def _variant() -> str:
-  """:data:`VARIANT`, or by default the faster one measured on the backend (fp32, d = 128, forward +
-  backward, blockwise): 'analytic' off CPU (H100, M = 65,536, tile 1024: 0.75 s against 2.3 s for
+def _variant(variant: Optional[str]) -> str:
+  """``variant``, or by default (None) the faster one measured on the backend (fp32, d = 128,
+  forward + backward, blockwise): 'analytic' off CPU (H100, M = 65,536, tile 1024: 0.75 s against 2.3 s for
   'shared_search' and 5.4 s for 'per_row_search'), 'shared_search' on CPU (M = 4,096, tile 256:
   4.1-5.5 s against 6.0 s and 6.7-7.3 s on a loaded 2-core machine). On CPU the autodiff gradient
   also matches the per-row-sort path to the last bits at tiny temperatures; 'analytic' is as close to
   the float64 gradient but rounds differently (~5e-6 of the largest entry at tau = 0.01)."""
-  if VARIANT is None:
+  if variant is None:
     return "shared_search" if jax.default_backend() == "cpu" else "analytic"
-  if VARIANT not in VARIANTS:
-    raise ValueError(f"`rnc.VARIANT` must be None or one of {VARIANTS}; got {VARIANT!r}.")
-  return VARIANT
+  if variant not in VARIANTS:
+    raise ValueError(f"`variant` must be None or one of {VARIANTS}; got {variant!r}.")
+  return variant
 
 
-def _radix_bits() -> int:
-  if SEARCH_RADIX_BITS is not None:
-    return int(SEARCH_RADIX_BITS)
+def _radix_bits(bits: Optional[int]) -> int:
+  """``bits``, or by default (None) 1 on CPU and 3 elsewhere."""
+  if bits is not None:
+    if isinstance(bits, bool) or int(bits) != bits or bits < 1:
+      raise ValueError(f"`search_radix_bits` must be None or an integer >= 1; got {bits!r}.")
+    return int(bits)
   return 1 if jax.default_backend() == "cpu" else 3  # H100, M = 65,536: 3 beats 1, 2, 4, 5
 
 
-def _first_true(pred, num: int, shape) -> jax.Array:
+def _first_true(pred, num: int, shape, bits: int = 1) -> jax.Array:
   """Per element, the first ``k`` in ``[0, num)`` with ``pred(k)`` (``num`` if none).
 
   ``pred`` maps an int32 index array of ``shape`` to a bool array and must be monotone (false, then
   true) in ``k`` for every element. Branch-free search over the shared 1-D data ``pred`` gathers
   from, unrolled: each level splits the remaining range into ``2^bits`` parts with ``2^bits - 1``
-  independent probes (``bits`` = :data:`SEARCH_RADIX_BITS`; 1 is a binary search). Fewer, wider
+  independent probes (``bits``, rnc's ``search_radix_bits``; 1 is a binary search). Fewer, wider
   levels mean fewer passes over the ``[rows, M]`` state when XLA does not fuse across levels (GPU).
   """
-  bits = max(1, _radix_bits())
+  bits = max(1, int(bits))
   groups, total = [], num.bit_length()  # 2^total > num
   while total > 0:
     groups.append(min(bits, total))
@@ -162,7 +170,7 @@ def _sorted_columns(column_y: jax.Array) -> _Columns:
                   jnp.searchsorted(column_y, column_y, side="right").astype(jnp.int32))
 
 
-def _v_bounds(cols: _Columns, anchor_y, pivot, label_dist, strict: bool):
+def _v_bounds(cols: _Columns, anchor_y, pivot, label_dist, strict: bool, bits: int):
   """Bounds of ``{k: d_ik >= d_ij}`` (``strict=False``) or ``{k: d_ik > d_ij}`` (``strict=True``) as
   ``[0, lo) + [hi, M)`` in label order, for every ``(i, j)`` of a tile.
 
@@ -196,20 +204,21 @@ def _v_bounds(cols: _Columns, anchor_y, pivot, label_dist, strict: bool):
   shape = label_dist.shape
 
   def fast():
-    cross = _first_true(lambda k: jnp.where(rising, lo_pred(k), hi_pred(k)), num, shape)
+    cross = _first_true(lambda k: jnp.where(rising, lo_pred(k), hi_pred(k)), num, shape, bits)
     return (jnp.where(rising, jnp.minimum(pivot, cross), same_lo),
             jnp.where(rising, same_hi, cross))
 
   def full():
-    return (jnp.minimum(pivot, _first_true(lo_pred, num, shape)), _first_true(hi_pred, num, shape))
+    return (jnp.minimum(pivot, _first_true(lo_pred, num, shape, bits)),
+            _first_true(hi_pred, num, shape, bits))
 
   return jax.lax.cond(exact, fast, full)
 
 
-def _shared_log_denominators(label_dist, logits, anchor_y, cols: _Columns, pivot):
+def _shared_log_denominators(label_dist, logits, anchor_y, cols: _Columns, pivot, bits: int):
   """``L_ij`` of a tile of anchors against label-sorted columns (shared-vector searches)."""
   num = cols.y.shape[0]
-  lo, hi = _v_bounds(cols, anchor_y, pivot, label_dist, strict=False)
+  lo, hi = _v_bounds(cols, anchor_y, pivot, label_dist, strict=False, bits=bits)
   prefix, suffix = _cumlse(logits), _cumlse(logits, reverse=True)
   return jnp.logaddexp(_gather_rows(prefix, lo - 1, lo > 0), _gather_rows(suffix, hi, hi < num))
 
@@ -225,7 +234,7 @@ def _label_dist(anchor_y, column_y):
   return jnp.sum(jnp.abs(anchor_y[:, None, :] - column_y[None, :, :]), axis=-1)
 
 
-def _tile_sums(variant, temperature, columns, cols, column_index, tile):
+def _tile_sums(variant, search: _Search, temperature, columns, cols, column_index, tile):
   """``sum_{j != i} [s_ij - L_ij]`` for one tile of anchors (autodiff variants)."""
   anchors, anchor_y, anchor_index = tile
   others = anchor_index[:, None] != column_index[None, :]
@@ -236,9 +245,11 @@ def _tile_sums(variant, temperature, columns, cols, column_index, tile):
   else:
     pivot = jnp.searchsorted(cols.y, anchor_y, side="left")
     if variant == "per_row_search":
-      log_den = jax.vmap(_v_log_denominators)(label_dist, logits, pivot)
+      log_den = jax.vmap(functools.partial(_v_log_denominators, search.method))(
+          label_dist, logits, pivot)
     else:
-      log_den = _shared_log_denominators(label_dist, logits, anchor_y, cols, pivot[:, None])
+      log_den = _shared_log_denominators(label_dist, logits, anchor_y, cols, pivot[:, None],
+                                         search.bits)
   return jnp.sum(jnp.where(others, logits - log_den, 0.0), axis=1)
 
 
@@ -246,7 +257,7 @@ def _tile_sums(variant, temperature, columns, cols, column_index, tile):
 # 'analytic': custom VJP with the closed-form gradient, tile by tile in both passes.
 
 
-def _analytic_tile(temperature, columns, cols, column_index, tile, cotangent=None):
+def _analytic_tile(bits, temperature, columns, cols, column_index, tile, cotangent=None):
   """Row sums of one tile and, given their ``cotangent``, the gradients (anchors, columns, tau).
 
   With ``S_i = sum_{j != i} [s_ij - L_ij]``: ``dS_i/ds_ik = 1[k != i] - exp(s_ik) W_ik`` where
@@ -266,13 +277,13 @@ def _analytic_tile(temperature, columns, cols, column_index, tile, cotangent=Non
   label_dist = _label_dist(anchor_y, cols.y)
   pivot = jnp.searchsorted(cols.y, anchor_y, side="left")[:, None]
   if cotangent is None:
-    log_den = _shared_log_denominators(label_dist, logits, anchor_y, cols, pivot)
+    log_den = _shared_log_denominators(label_dist, logits, anchor_y, cols, pivot, bits)
     return jnp.sum(jnp.where(others, logits - log_den, 0.0), axis=1)
   # Shifted by the row's largest logit: the cumulative log-sum-exps hold smaller magnitudes, whose
   # rounding is what limits exp(s_ik + log W_ik) (s_ik + log W_ik is shift-invariant).
   logits = logits - jnp.max(logits, axis=1, keepdims=True)
-  log_den = _shared_log_denominators(label_dist, logits, anchor_y, cols, pivot)
-  start, end = _v_bounds(cols, anchor_y, pivot, label_dist, strict=True)
+  log_den = _shared_log_denominators(label_dist, logits, anchor_y, cols, pivot, bits)
+  start, end = _v_bounds(cols, anchor_y, pivot, label_dist, strict=True, bits=bits)
   inv = jnp.where(others, -log_den, -jnp.inf)
   falling = jnp.arange(num)[None, :] < pivot
   down = _cumlse(jnp.where(falling, inv, -jnp.inf), reverse=True)  # [a, p) = down[a]
@@ -283,9 +294,9 @@ def _analytic_tile(temperature, columns, cols, column_index, tile, cotangent=Non
   return pullback(d_logits)
 
 
-def _analytic_forward(size, temperature, anchors, anchor_y, anchor_index, columns, cols,
+def _analytic_forward(size, bits, temperature, anchors, anchor_y, anchor_index, columns, cols,
                       column_index):
-  tile_fn = functools.partial(_analytic_tile, temperature, columns, cols, column_index)
+  tile_fn = functools.partial(_analytic_tile, bits, temperature, columns, cols, column_index)
   num_rows = anchors.shape[0]
   inputs = (anchors, anchor_y, anchor_index)
   if size >= num_rows:
@@ -294,20 +305,21 @@ def _analytic_forward(size, temperature, anchors, anchor_y, anchor_index, column
   return jax.lax.map(tile_fn, tiles).reshape(-1)[:num_rows]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _analytic_sums(size, temperature, anchors, anchor_y, anchor_index, columns, cols, column_index):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _analytic_sums(size, bits, temperature, anchors, anchor_y, anchor_index, columns, cols,
+                   column_index):
   """Per-anchor ``sum_{j != i} [s_ij - L_ij]`` in tiles of ``size`` anchors (custom VJP)."""
-  return _analytic_forward(size, temperature, anchors, anchor_y, anchor_index, columns, cols,
+  return _analytic_forward(size, bits, temperature, anchors, anchor_y, anchor_index, columns, cols,
                            column_index)
 
 
-def _analytic_fwd(size, *args):
-  return _analytic_forward(size, *args), args
+def _analytic_fwd(size, bits, *args):
+  return _analytic_forward(size, bits, *args), args
 
 
-def _analytic_bwd(size, residuals, cotangent):
+def _analytic_bwd(size, bits, residuals, cotangent):
   temperature, anchors, anchor_y, anchor_index, columns, cols, column_index = residuals
-  tile_fn = functools.partial(_analytic_tile, temperature, columns, cols, column_index)
+  tile_fn = functools.partial(_analytic_tile, bits, temperature, columns, cols, column_index)
   num_rows = anchors.shape[0]
   if size >= num_rows:
     d_anchors, d_columns, d_temperature = tile_fn((anchors, anchor_y, anchor_index), cotangent)
@@ -339,7 +351,8 @@ _analytic_sums.defvjp(_analytic_fwd, _analytic_bwd)
 
 def rnc(features: jax.Array, labels: jax.Array, temperature: float = 2.0,
         *, axis_name: Optional[str] = None, impl: str = "auto",
-        tile: int = DEFAULT_ROW_TILE) -> jax.Array:
+        tile: int = DEFAULT_ROW_TILE, variant: Optional[str] = None, search_method: str = "scan",
+        search_radix_bits: Optional[int] = None) -> jax.Array:
   """Rank-N-Contrast loss.
 
   Args:
@@ -349,14 +362,17 @@ def rnc(features: jax.Array, labels: jax.Array, temperature: float = 2.0,
     axis_name: mesh axis when called per shard inside ``shard_map``.
     impl: 'dense', 'blockwise' (anchor tiles, recomputed in the backward pass) or 'auto'.
     tile: anchors per tile in blockwise mode.
-
-  Scalar labels use the implementation named by the module constant :data:`VARIANT` (all compute
-  the same function; see the module docstring).
+    variant: the scalar-label implementation, one of :data:`VARIANTS` (all compute the same
+      function; see the module docstring); None: by backend.
+    search_method: ``jnp.searchsorted``'s ``method`` in the 'per_row_search' variant.
+    search_radix_bits: probes per level of the shared-vector label search, ``2^bits - 1`` (1: a
+      binary search); None: 1 on CPU, 3 elsewhere.
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels", allow_vector=True)
   _checks.check_positive(temperature, "temperature")
-  variant = _variant()
+  variant = _variant(variant)
+  search = _Search(str(search_method), _radix_bits(search_radix_bits))
   block = pairwise.blocking(impl, tile)
   if block.impl == "ring":
     raise ValueError("rnc does not support impl='ring': each anchor's ranking sets need the labels "
@@ -376,11 +392,11 @@ def rnc(features: jax.Array, labels: jax.Array, temperature: float = 2.0,
   cols = _sorted_columns(column_y) if scalar else _Columns(column_y, None, None)
   if scalar and variant == "analytic":
     tau = jnp.asarray(temperature, features.dtype)
-    sums = _analytic_sums(size, tau, rows.anchors, anchor_y, anchor_index, columns, cols,
-                          column_index)
+    sums = _analytic_sums(size, search.bits, tau, rows.anchors, anchor_y, anchor_index, columns,
+                          cols, column_index)
   else:
     kind = variant if scalar else "vector"
-    tile_fn = lambda t: _tile_sums(kind, temperature, columns, cols, column_index, t)
+    tile_fn = lambda t: _tile_sums(kind, search, temperature, columns, cols, column_index, t)
     inputs = (rows.anchors, anchor_y, anchor_index)
     if dense:
       sums = tile_fn(inputs)

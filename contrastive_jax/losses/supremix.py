@@ -73,6 +73,7 @@ Our denominators are log-sum-exps, equal to the official ``log(sum(exp(...)))`` 
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import jax
@@ -82,7 +83,7 @@ import numpy as np
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 
-_CHUNK_ELEMENTS = 1 << 21  # anchors per lax.map step: chunk * N^2 <= 2M elements (8 MB in float32)
+CHUNK_ELEMENTS = 1 << 21  # anchors per lax.map step: chunk * N^2 <= 2M elements (8 MB in float32)
 _MAX_EXPONENTIALS = 64  # integer Beta(a, b) with a + b <= this: sums of exponentials
 
 
@@ -94,6 +95,12 @@ def _check_beta(beta) -> Tuple[float, float]:
   if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
     raise ValueError(f"`beta` must be a pair (a, b) of finite numbers > 0; got {beta!r}.")
   return a, b
+
+
+def _chunk_elements(value) -> int:
+  if isinstance(value, bool) or int(value) != value or value < 1:
+    raise ValueError(f"`chunk_elements` must be a positive integer; got {value!r}.")
+  return int(value)
 
 
 def _check_key(key):
@@ -194,16 +201,17 @@ def _inv_gap(column_y):
   return 1.0 / jnp.maximum(column_y[None, :] - column_y[:, None], 1e-9)
 
 
-def _chunked(fn, xs, n: int, num_cols: int):
-  """``vmap(fn)`` over anchors, ``chunk`` anchors at a time (``chunk * N^2`` temporaries)."""
-  chunk = int(max(1, min(n, _CHUNK_ELEMENTS // max(num_cols * num_cols, 1))))
+def _chunked(fn, xs, n: int, num_cols: int, chunk_elements: int):
+  """``vmap(fn)`` over anchors, ``chunk`` anchors at a time (``chunk * N^2 <= chunk_elements``
+  temporaries, at least one anchor)."""
+  chunk = int(max(1, min(n, chunk_elements // max(num_cols * num_cols, 1))))
   if chunk >= n:
     return jax.vmap(fn)(*xs)
   return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)
 
 
-@jax.custom_vjp
-def _hard_positive_stats(frozen_logits, anchor_y, column_y, window):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _hard_positive_stats(chunk_elements, frozen_logits, anchor_y, column_y, window):
   """Per anchor, over its hard positives ``(j, k)``: (log-sum-exp, sum, max) of their logits.
 
   ``frozen_logits [n, N]`` = ``<f_i, sg(f_c)> / tau``; the logit of mixture ``(j, k)`` is
@@ -212,10 +220,10 @@ def _hard_positive_stats(frozen_logits, anchor_y, column_y, window):
   the ``[n, N]`` inputs and the ``[n]`` log-sum-exps, never the grids). The max is for the
   stop-gradient official shift: its cotangent is ignored.
   """
-  return _hard_positive_forward(frozen_logits, anchor_y, column_y, window)
+  return _hard_positive_forward(chunk_elements, frozen_logits, anchor_y, column_y, window)
 
 
-def _hard_positive_forward(frozen_logits, anchor_y, column_y, window):
+def _hard_positive_forward(chunk_elements, frozen_logits, anchor_y, column_y, window):
   inv_gap = _inv_gap(column_y)
 
   def per_anchor(logits_i, y_i):
@@ -223,15 +231,15 @@ def _hard_positive_forward(frozen_logits, anchor_y, column_y, window):
     lse, row_max = _masked_reduce(mix.reshape(-1), valid.reshape(-1), 0)
     return lse, jnp.sum(jnp.where(valid, mix, 0.0)), row_max
 
-  return _chunked(per_anchor, (frozen_logits, anchor_y), *frozen_logits.shape)
+  return _chunked(per_anchor, (frozen_logits, anchor_y), *frozen_logits.shape, chunk_elements)
 
 
-def _hard_positive_fwd(frozen_logits, anchor_y, column_y, window):
-  out = _hard_positive_forward(frozen_logits, anchor_y, column_y, window)
+def _hard_positive_fwd(chunk_elements, frozen_logits, anchor_y, column_y, window):
+  out = _hard_positive_forward(chunk_elements, frozen_logits, anchor_y, column_y, window)
   return out, (frozen_logits, anchor_y, column_y, window, out[0])
 
 
-def _hard_positive_bwd(residuals, cotangents):
+def _hard_positive_bwd(chunk_elements, residuals, cotangents):
   frozen_logits, anchor_y, column_y, window, lse = residuals
   g_lse, g_sum, _ = cotangents
   inv_gap = _inv_gap(column_y)
@@ -243,7 +251,8 @@ def _hard_positive_bwd(residuals, cotangents):
     g_mix = jnp.where(valid, g_lse_i * prob + g_sum_i, 0.0)
     return jnp.sum(g_mix * b, axis=1) + jnp.sum(g_mix * (1.0 - b), axis=0)
 
-  grad = _chunked(per_anchor, (frozen_logits, anchor_y, lse, g_lse, g_sum), *frozen_logits.shape)
+  grad = _chunked(per_anchor, (frozen_logits, anchor_y, lse, g_lse, g_sum), *frozen_logits.shape,
+                  chunk_elements)
   return grad, jnp.zeros_like(anchor_y), jnp.zeros_like(column_y), jnp.zeros_like(window)
 
 
@@ -253,7 +262,7 @@ _hard_positive_stats.defvjp(_hard_positive_fwd, _hard_positive_bwd)
 def supremix(features: jax.Array, labels: jax.Array, key, temperature: float = 0.5, *,
              window: float = 5.0, beta: Sequence[float] = (2.0, 8.0),
              alphas: Optional[jax.Array] = None, official: bool = False,
-             axis_name: Optional[str] = None) -> jax.Array:
+             axis_name: Optional[str] = None, chunk_elements: int = CHUNK_ELEMENTS) -> jax.Array:
   """SupReMix loss (module docstring): SupCon + Mix-neg + Mix-pos + distance magnifying.
 
   Args:
@@ -270,6 +279,8 @@ def supremix(features: jax.Array, labels: jax.Array, key, temperature: float = 0
       indices ``sample * views + view``) replacing the draw from ``key``; see ``supremix_alphas``.
     official: reproduce the official double shift (module docstring).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
+    chunk_elements: memory bound of the hard positives: anchors are mapped in chunks of
+      ``chunk_elements // N^2`` (at least one), ``N`` the columns; the value does not change.
 
   Returns:
     The float32 scalar loss, the mean over all anchors of the global batch.
@@ -322,7 +333,8 @@ def supremix(features: jax.Array, labels: jax.Array, key, temperature: float = 0
 
   # Mix-pos (weight |y_i - y_i| + 1 = 1).
   window = jnp.asarray(window, dtype)
-  lse_pos, sum_pos, pos_max = _hard_positive_stats(frozen_logits, anchor_y, column_y, window)
+  lse_pos, sum_pos, pos_max = _hard_positive_stats(_chunk_elements(chunk_elements), frozen_logits,
+                                                   anchor_y, column_y, window)
   pos_max = jax.lax.stop_gradient(pos_max)
   lower, upper = _window_masks(anchor_y[:, None], column_y[None, :], window)
   n_pos_mix = jnp.sum(lower, axis=1) * jnp.sum(upper, axis=1)  # |{(j, k)}| = |{j}| |{k}|

@@ -109,12 +109,18 @@ def _dense_budget_bytes() -> int:
   return int(limit) // 4 if limit else _FALLBACK_DENSE_BUDGET
 
 
-def resolve_impl(impl: str, num_rows: int, num_cols: int) -> str:
-  """'dense' or 'blockwise' for an ``[num_rows, num_cols]`` pair matrix (see module docstring)."""
+def resolve_impl(impl: str, num_rows: int, num_cols: int,
+                 budget_bytes: Optional[int] = None) -> str:
+  """'dense' or 'blockwise' for an ``[num_rows, num_cols]`` pair matrix (see module docstring).
+
+  ``budget_bytes``: the most the dense temporaries of 'auto' may take; None: a quarter of the first
+  local device's memory (its ``bytes_limit``), or a fixed fallback where the backend reports none.
+  """
   if impl != "auto":
     return impl
   dense_bytes = num_rows * num_cols * _DENSE_BYTES_PER_PAIR
-  return "dense" if dense_bytes <= _dense_budget_bytes() else "blockwise"
+  budget = _dense_budget_bytes() if budget_bytes is None else int(budget_bytes)
+  return "dense" if dense_bytes <= budget else "blockwise"
 
 
 def tile_dot(a: jax.Array, c: jax.Array, matmul_dtype=None) -> jax.Array:

@@ -24,6 +24,9 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   # Smaller values train batches whose activations do not fit, by gradient caching (GradCache,
   # train.step.embedding_cache_grads): about one more forward pass; BatchNorm then sees micro-batches.
   c.micro_batch = placeholder(int)
+  # How the micro-batches run: None picks by backend (unrolled on CPU, ``lax.scan`` elsewhere);
+  # True / False force one (the same step up to rounding; see embedding_cache_grads).
+  c.micro_batch_unroll = placeholder(bool)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = variant

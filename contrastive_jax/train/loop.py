@@ -36,8 +36,6 @@ from contrastive_jax.evaluate.knn import knn_top1
 from contrastive_jax.evaluate.linear_probe import linear_probe_accuracy
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
-from contrastive_jax.losses import fit_ecdf
-from contrastive_jax.losses import get_contrastive_loss
 from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
 from contrastive_jax.train import run as run_lib
@@ -196,7 +194,8 @@ class Evaluator:
 
 
 # Config sections whose keys are keyword arguments of a function (checked by that function, or for
-# ``loss.contrastive`` against the loss's signature), not fields of the schema in ``defaults.py``.
+# ``loss.contrastive`` against the method's declared options), not fields of the schema in
+# ``defaults.py``.
 FREE_FORM_SECTIONS = ("data.kwargs", "data.augment", "model.encoder_kwargs", "loss.reg_kwargs",
                       "loss.contrastive")
 # Optional fields that ``base_config`` does not set but the trainer reads.
@@ -220,20 +219,17 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
   file would otherwise be ignored silently), with the closest known field.
 
   Known fields are those of ``defaults.base_config`` (for the config's data set), the
-  :data:`OPTIONAL_FIELDS`, and, inside ``loss.contrastive``, the keyword arguments of the selected
-  loss function.
+  :data:`OPTIONAL_FIELDS`, and, inside ``loss.contrastive``, the options the method registry
+  declares for the selected method.
   """
   variant = config.data.name if config.data.name in DATASET_VARIANTS else DATASET_VARIANTS[0]
   known = set(_field_paths(base_config(variant).to_dict())) | set(OPTIONAL_FIELDS)
   unknown = [p for p in _field_paths(config.to_dict()) if p not in known]
-  if config.method != "none":
-    fn = get_contrastive_loss(config.method)
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-      inputs = 1 + len(objectives.LOSS_INPUTS[config.method])  # features + batch-provided inputs
-      accepted = [name for name in list(params)[inputs:] if name != "axis_name"]
-      unknown += [f"loss.contrastive.{k}" for k in config.loss.contrastive.keys() if k not in accepted]
-      known |= {f"loss.contrastive.{k}" for k in accepted}
+  accepted = objectives.contrastive_options(config.method)
+  if accepted is not None:
+    unknown += [f"loss.contrastive.{k}" for k in config.loss.contrastive.keys()
+                if k not in accepted]
+    known |= {f"loss.contrastive.{k}" for k in accepted}
   if unknown:
     hints = []
     for path in unknown:
@@ -241,7 +237,8 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
       hints.append(f"{path}" + (f" (did you mean {close[0]}?)" if close else ""))
     raise ValueError("Unknown config field(s), read by nothing: " + ", ".join(hints) + ". Known "
                      "fields are those of contrastive_jax/train/defaults.py (and, in "
-                     "loss.contrastive, the keyword arguments of the selected loss).")
+                     "loss.contrastive, the options of the selected method in "
+                     "contrastive_jax/losses/registry.py).")
 
 
 def check_dataset(dataset, batch_size: int) -> None:
@@ -267,20 +264,6 @@ def check_dataset(dataset, batch_size: int) -> None:
   if len(dataset.train.y) < batch_size:
     raise ValueError(f"`batch_size`={batch_size} is larger than the training split of "
                      f"{dataset.name!r} ({len(dataset.train.y)} examples).")
-
-
-def _resolve_loss_kwargs(config, dataset) -> ml_collections.ConfigDict:
-  """Fills data-dependent loss hyperparameters (ACCon's label range R = max(Y) - min(Y), Eq. 2)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if config.method == "accon" and config.loss.contrastive.get("label_range") is None:
-    label_range = float(dataset.label_range)
-    if not label_range > 0:
-      raise ValueError(
-          f"ACCon's label range R = max - min of the training labels is {label_range}: all training "
-          f"labels of {dataset.name!r} are equal, so the angle compensation (Eq. 2) is undefined. "
-          "Check the target column, or set loss.contrastive.label_range.")
-    config.loss.contrastive.label_range = label_range
-  return config
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -368,8 +351,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
 
   dataset = load_data(config)
   check_dataset(dataset, config.batch_size)
-  config = _resolve_loss_kwargs(config, dataset)
-  ecdf = fit_ecdf(dataset.train.y) if config.method == "adacon" else None
+  config, prepared = objectives.prepare(config, dataset.train.y)  # the method's registry hook
   lds = config.loss.get("lds")
   if lds is not None and lds.enabled:
     lds_kwargs = {k: v for k, v in lds.to_dict().items() if k != "enabled"}
@@ -413,7 +395,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   def host_batch(step: int) -> dict:
     host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count(), cdf_fn=ecdf)
+                                process_count=jax.process_count())
     host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
     if example_weights is not None:
       host["weight"] = example_weights(host["y"])
@@ -450,7 +432,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
 
   return run_lib.Task(
       identity=config_identity(config), init_state=init_state, host_batch=host_batch,
-      train_step=make_train_step(model, config, mesh, augment_fn, schedule, mean, std),
+      train_step=make_train_step(model, config, mesh, augment_fn, schedule, mean, std, prepared),
       evaluate=lambda state, split: evaluate(state, getattr(dataset, split)),
       describe=evaluate.describe, final=final, metric=evaluate.metric,
       higher_is_better=evaluate.higher_is_better, loss_terms=loss_terms(config),

@@ -53,8 +53,9 @@ ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (No
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
-# 'ring' after moving to more devices).
-NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile")
+# 'ring' after moving to more devices) or of the micro-batches (``micro_batch_unroll``).
+NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile",
+                       "micro_batch_unroll")
 
 
 class NonFiniteLossError(FloatingPointError):

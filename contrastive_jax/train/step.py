@@ -23,9 +23,6 @@ from contrastive_jax.train import objectives
 
 AXIS = "batch"
 DROPOUT_TAG = 0x0D0  # folded into a step's key to derive its 'dropout' PRNG stream
-# How ``config.micro_batch`` runs its micro-batches (see ``embedding_cache_grads``): None picks by
-# backend (unrolled on CPU, ``lax.scan`` elsewhere); True / False force one.
-MICRO_BATCH_UNROLL = None
 
 
 def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.Array:
@@ -80,13 +77,12 @@ def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective
     outputs: the output names ``objective`` reads.
     dropout_key: folded with the micro-batch index for its 'dropout' stream.
     axis_name: the ``shard_map`` axis the batch is split over.
-    unroll: see above; None: :data:`MICRO_BATCH_UNROLL`, whose None means True on CPU only.
+    unroll: see above; None: True on CPU only (``config.micro_batch_unroll`` in the trainer).
 
   Returns:
     ``(loss, aux, new batch_stats, grads)``.
   """
-  unroll = MICRO_BATCH_UNROLL if unroll is None else unroll
-  unroll = jax.default_backend() == "cpu" if unroll is None else unroll
+  unroll = jax.default_backend() == "cpu" if unroll is None else bool(unroll)
   n = rows.shape[0]
   count = n // micro_batch
   chunks = rows.reshape((count, micro_batch) + rows.shape[1:])
@@ -134,12 +130,16 @@ def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective
 
 
 def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable,
-                    target_mean: float = 0.0, target_std: float = 1.0):
+                    target_mean: float = 0.0, target_std: float = 1.0,
+                    prepared: Optional[dict] = None):
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
   ``batch`` holds globally sharded ``x``, ``y`` (natural units, for the contrastive loss), ``y_norm``
-  (regression target ``(y - target_mean) / target_std``), for AdaCon ``cdf`` and, with label-
-  distribution smoothing, per-example ``weight``. A non-finite
+  (regression target ``(y - target_mean) / target_std``) and, with label-distribution smoothing,
+  per-example ``weight``. ``prepared``: keyword arguments of the contrastive loss computed once from
+  the training labels (``objectives.prepare``, e.g. AdaCon's ECDF, applied to each batch's labels
+  on device). ``config.micro_batch_unroll`` chooses how micro-batches run (see
+  :func:`embedding_cache_grads`). A non-finite
   loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
   ``metrics['nonfinite']``, which the loop turns into an error naming the step.
   """
@@ -147,13 +147,16 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   objectives.check_method(method)
   views = int(config.data.views)
   loss_cfg = config.loss
-  loss_kwargs = objectives.loss_kwargs(method, loss_cfg)
+  loss_kwargs = {**objectives.loss_kwargs(method, loss_cfg), **(prepared or {})}
   feature_key = loss_cfg.get("features", "projection")
   reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
   micro_batch = config.get("micro_batch", None)
   if micro_batch is not None and (isinstance(micro_batch, bool) or int(micro_batch) < 1):
     raise ValueError(f"`micro_batch`={micro_batch!r} must be None or a positive number of rows.")
   micro_batch = None if micro_batch is None else int(micro_batch)
+  unroll = config.get("micro_batch_unroll", None)
+  if unroll is not None and not isinstance(unroll, bool):
+    raise ValueError(f"`micro_batch_unroll`={unroll!r} must be None, True or False.")
 
   def local_step(state, batch):
     step_key = jax.random.fold_in(state.rng, state.step)
@@ -179,8 +182,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
                           weights, **reg_kwargs), AXIS)
       features = out[feature_key].reshape(b, views, -1)
       preds = jax.lax.stop_gradient(out["prediction"]).reshape(b, views)
-      inputs = {"labels": batch["y"], "cdf": batch.get("cdf"), "key": loss_key,
-                "preds": preds * target_std + target_mean}
+      inputs = {"labels": batch["y"], "key": loss_key, "preds": preds * target_std + target_mean}
       loss_con = objectives.contrastive_term(method, features, inputs, loss_kwargs, AXIS)
       total = loss_cfg.gamma_reg * loss_reg + loss_cfg.gamma_con * loss_con
       return total, (loss_reg, loss_con)
@@ -198,7 +200,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     else:
       loss, (loss_reg, loss_con), batch_stats, grads = embedding_cache_grads(
           model, state.params, state.batch_stats, flat, objective, micro_batch,
-          (feature_key, "prediction"), dropout_key)
+          (feature_key, "prediction"), dropout_key, unroll=unroll)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     keep = lambda new, old: jnp.where(finite, new, old)
