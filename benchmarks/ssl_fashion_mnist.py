@@ -8,7 +8,7 @@ Each self-supervised row is ``configs/<method>.py:fashion_mnist`` (thesis Ch. 4-
 backbone (ResNet-18, CIFAR stem, ``--width`` filters in the first stage, on 28x28x1), budget
 (``--steps`` x ``--batch-size`` images, two views each), optimizer (SGD momentum 0.9, wd 5e-4, warm-up
 then cosine; lr 0.06 at batch 128, scaled linearly with the batch) and SimCLR augmentations for grey
-images (``configs/simclr.py:ssl_image_config``), trained by the library's trainer
+images (``contrastive_jax.train.recipes.ssl_image``), trained by the library's trainer
 (``contrastive_jax.train.train_and_evaluate``). It reports, on the Fashion-MNIST test set, the
 weighted-kNN top-1 (InstDisc vote, k = 200, T = 0.1: thesis Ch. 5 "Evaluation") of the frozen backbone
 features against the training split, and the trainer's linear-probe top-1.

@@ -55,9 +55,8 @@ Not reproduced (this trainer's model and data pipeline cannot express them):
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from contrastive_jax.train.defaults import DIR_TRAIN_SIZES
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import dir_benchmark
+from contrastive_jax.train import recipes
+from contrastive_jax.train.defaults import run_config
 
 VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki")
 
@@ -66,7 +65,9 @@ def get_config(variant: str = "digits_angle"):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r} of configs/accon.py; expected one of "
                      f"{VARIANTS}.")
-  config = base_config(variant if variant in ("digits_angle", "diabetes") else "digits_angle")
+  config = run_config()  # the neutral base; the variant's recipe sets data, model and budget
+  if variant in recipes.BUNDLED_VARIANTS:
+    recipes.bundled(config, variant)
   config.method = "accon"
   config.loss.contrastive.temperature = 0.05    # Official README runs: --temperature 0.05.
   config.loss.contrastive.label_range = placeholder(float)  # None: from the training labels.
@@ -79,14 +80,14 @@ def get_config(variant: str = "digits_angle"):
     # "ResNet-50 was utilized as the backbone for age estimation tasks", "consistent with those
     # outlined by (Yang et al. 2021)" (Baselines): the DIR benchmark's data, model, Adam (no weight
     # decay), L1 and x0.1 at epochs 60 / 80, with the official ACCon runs' batch and rate.
-    dir_benchmark(config, variant, split_mode="natural")
+    recipes.dir_benchmark(config, variant, split_mode="natural")
     config.data.views = 2                       # two augmented views per image (Alg. 1, 2N rows)
     if variant == "agedb":                      # agedb/datasets.py:124, :155-180
       config.data.augment_kind = "simclr"
       config.data.augment = ml_collections.ConfigDict(dict(scale=(0.2, 1.0), blur_prob=0.0))
     config.batch_size = 64                      # README: --batch_size 64
     config.optim.lr = 2.5e-4                    # README: --lr 0.00025
-    steps_per_epoch = DIR_TRAIN_SIZES[variant] // config.batch_size  # drop_last=True
+    steps_per_epoch = recipes.DIR_TRAIN_SIZES[variant] // config.batch_size  # drop_last=True
     config.num_train_steps = 90 * steps_per_epoch                     # README: --epoch 90
     config.eval_every = steps_per_epoch         # validation every epoch (train.py:254)
     config.checkpoint_every = steps_per_epoch

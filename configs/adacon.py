@@ -43,7 +43,8 @@ torchvision's Kinetics-400 ``r2plus1d_18`` weights add
 
 import ml_collections
 
-from contrastive_jax.train.defaults import base_config
+from contrastive_jax.train import recipes
+from contrastive_jax.train.defaults import run_config
 
 VARIANTS = ("digits_angle", "diabetes", "bmd", "echonet")
 
@@ -66,7 +67,6 @@ def _bmd(config):
   config.data.views = 8    # batch augmentation (Hoffer et al. 2019): "augmentation multiple of 8"
   config.batch_size = 8    # "original batch size of 8"
   config.model.encoder = "efficientnet_b1"  # "EfficientNet-B1 [70] as our backbone"
-  config.model.encoder_kwargs = ml_collections.ConfigDict()
   config.loss.reg = "l1"   # "we use L1 loss for supervision" (Table III: the best baseline)
   config.loss.gamma_con = 0.005  # Table IV: gamma_con in {0.0025, 0.005, 0.0075}; 0.005 reported
   config.optim.name = "sgd"      # "SGD ... learning rate of 10^-2, momentum of 0.9,
@@ -101,7 +101,6 @@ def _echonet(config):
   config.data.views = 2    # "we do not add additional batch augmentation operations": x_i, x'_i
   config.batch_size = 20   # "with a batch size of 20"
   config.model.encoder = "r2plus1d_18"  # "R2+1D ResNet [19]" (torchvision r2plus1d_18)
-  config.model.encoder_kwargs = ml_collections.ConfigDict()
   config.loss.reg = "mse"  # "MSE is used as the regression loss function"
   config.loss.gamma_con = 0.75   # Table XI: 0.50 / 0.75 / 1.00 within noise; 0.75 the best MAE
   config.optim.name = "sgd"      # "trained with SGD using a learning rate of 10^-4
@@ -126,7 +125,9 @@ def get_config(variant: str = "digits_angle"):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r} of configs/adacon.py; expected one of "
                      f"{VARIANTS}.")
-  config = base_config(variant if variant in ("digits_angle", "diabetes") else "digits_angle")
+  config = run_config()  # the neutral base; the variant's recipe sets data, model and budget
+  if variant in recipes.BUNDLED_VARIANTS:
+    recipes.bundled(config, variant)
   config.method = "adacon"
   config.loss.contrastive.temperature = 1 / 150  # s = 150 (official SupConLoss_admargin scale_s).
   config.loss.reg = "l1"           # BMD: L1 (Sec. IV-A); EchoNet LVEF uses MSE (Sec. V-A).

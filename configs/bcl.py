@@ -5,15 +5,14 @@ r"""Binary contrastive learning (thesis Ch. 4, Eq. 4.14; the Combo loss of Eq. 4
   python -m launch --config=configs/bcl.py:fashion_mnist --workdir=/tmp/bcl_fm   # real data, CPU
   python -m launch --config=configs/bcl.py:mrnet --config.data.root=/data/MRNet --workdir=runs/bcl
 Variants: ``digits_angle`` (default), ``diabetes`` (kNN regression); ``fashion_mnist`` (kNN top-1, the
-shared set-up of ``configs/simclr.py:ssl_image_config``); ``mrnet`` (Sec. C5-C8: ResNet-50,
+shared set-up of ``contrastive_jax.train.recipes.ssl_image``); ``mrnet`` (Sec. C5-C8: ResNet-50,
 projector 2048 -> 2048 -> 512, batch 64, LARS lr 0.1, 100 epochs: Table 4.2 model 1).
 """
 
+from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.defaults import self_supervised
-
-from configs.simclr import ssl_image_config
+from contrastive_jax.train.defaults import run_config
 
 IMAGE_VARIANTS = ("fashion_mnist", "mrnet")
 
@@ -24,9 +23,9 @@ VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "mrnet")
 
 def get_config(variant: str = "digits_angle"):
   if variant in DATASET_VARIANTS:
-    config = self_supervised(base_config(variant))
+    config = recipes.self_supervised(base_config(variant))
   elif variant in IMAGE_VARIANTS:
-    config = ssl_image_config(variant)
+    config = recipes.ssl_image(run_config(), variant)
   else:
     raise ValueError(f"Unknown bcl variant {variant!r}; expected one of "
                      f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")

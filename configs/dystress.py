@@ -5,14 +5,13 @@ r"""DySTreSS: NT-Xent with a similarity-dependent temperature (thesis Ch. 6, Eq.
 Shifted profiles of Alg. 6.1: --config.loss.contrastive.profile=shifted
   --config.loss.contrastive.shift=-0.2 --config.loss.contrastive.scale=0.6 (Table 6.15 settings).
 Variants: ``digits_angle`` (default), ``diabetes`` (kNN regression); ``fashion_mnist``, ``cifar10``,
-``imagenet100``, ``imagenet`` (kNN top-1; the shared set-up of ``configs/simclr.py:ssl_image_config``).
+``imagenet100``, ``imagenet`` (kNN top-1; the shared set-up of ``contrastive_jax.train.recipes.ssl_image``).
 """
 
+from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.defaults import self_supervised
-
-from configs.simclr import ssl_image_config
+from contrastive_jax.train.defaults import run_config
 
 IMAGE_VARIANTS = ("fashion_mnist", "cifar10", "imagenet100", "imagenet")
 
@@ -23,9 +22,9 @@ VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "cifar10", "imagenet100
 
 def get_config(variant: str = "digits_angle"):
   if variant in DATASET_VARIANTS:
-    config = self_supervised(base_config(variant))
+    config = recipes.self_supervised(base_config(variant))
   elif variant in IMAGE_VARIANTS:
-    config = ssl_image_config(variant)
+    config = recipes.ssl_image(run_config(), variant)
   else:
     raise ValueError(f"Unknown dystress variant {variant!r}; expected one of "
                      f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")

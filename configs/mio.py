@@ -4,15 +4,14 @@ r"""MIO v1/v2/v3 self-supervised pretraining (thesis Ch. 5, Eq. 5.13 / 5.16 / 5.
   python -m launch --config=configs/mio.py:diabetes --workdir=/tmp/mio_diabetes --config.loss.contrastive.version=1
   python -m launch --config=configs/mio.py:fashion_mnist --workdir=/tmp/mio_fm   # real data, CPU
 Variants: ``digits_angle`` (default), ``diabetes`` (kNN regression); ``fashion_mnist``, ``cifar10``,
-``imagenet100``, ``imagenet`` (kNN top-1; the shared set-up of ``configs/simclr.py:ssl_image_config``:
+``imagenet100``, ``imagenet`` (kNN top-1; the shared set-up of ``contrastive_jax.train.recipes.ssl_image``:
 same backbone, budget and augmentations as SimCLR / DySTreSS / BCL).
 """
 
+from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import base_config
 from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.defaults import self_supervised
-
-from configs.simclr import ssl_image_config
+from contrastive_jax.train.defaults import run_config
 
 IMAGE_VARIANTS = ("fashion_mnist", "cifar10", "imagenet100", "imagenet")
 
@@ -23,9 +22,9 @@ VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "cifar10", "imagenet100
 
 def get_config(variant: str = "digits_angle"):
   if variant in DATASET_VARIANTS:
-    config = self_supervised(base_config(variant))
+    config = recipes.self_supervised(base_config(variant))
   elif variant in IMAGE_VARIANTS:
-    config = ssl_image_config(variant)  # Table 5.2 (CIFAR kNN) / ImageNet-100 200 ep, IN-1K 100 ep.
+    config = recipes.ssl_image(run_config(), variant)  # Table 5.2 (CIFAR kNN) / ImageNet-100 200 ep, IN-1K 100 ep.
   else:
     raise ValueError(f"Unknown mio variant {variant!r}; expected one of "
                      f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")

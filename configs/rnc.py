@@ -7,7 +7,7 @@ Variants: `configs/rnc.py:digits_angle` (default), `:diabetes` (bundled): both t
   python -m launch --config=configs/rnc.py:agedb --config.data.root=/data/dir --workdir=runs/rnc_agedb
 
 `:agedb` is the paper's two-stage recipe, checked against the official code
-(kaiwenzha/Rank-N-Contrast, commit eca433b; file:line in `rnc_agedb_recipe`,
+(kaiwenzha/Rank-N-Contrast, commit eca433b; file:line in `recipes.rnc_agedb`,
 contrastive_jax/train/defaults.py): the encoder is trained by L_RNC alone (tau = 2, L1 label
 distance, L2 feature distance on the 512-d pooled features; 400 epochs, 18,800 steps of batch 256
 of ResNet-18 at 224 x 224, SGD lr 0.5 / momentum 0.9 / weight decay 1e-4, cosine to lr x 1e-3, no
@@ -20,8 +20,8 @@ from scratch); `--config.model.init_from=<torchvision .pth> --config.data.normal
 from ImageNet weights instead.
 """
 
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import rnc_agedb_recipe
+from contrastive_jax.train import recipes
+from contrastive_jax.train.defaults import run_config
 
 
 VARIANTS = ("digits_angle", "diabetes", "agedb")
@@ -31,11 +31,13 @@ def get_config(variant: str = "digits_angle"):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r} of configs/rnc.py; expected one of "
                      f"{VARIANTS}.")
-  config = base_config(variant if variant in ("digits_angle", "diabetes") else "digits_angle")
+  config = run_config()  # the neutral base; the variant's recipe sets data, model and budget
+  if variant in recipes.BUNDLED_VARIANTS:
+    recipes.bundled(config, variant)
   config.method = "rnc"
   config.loss.contrastive.temperature = 2.0     # Official `--temp 2` (main_rnc.py:38).
   config.loss.features = "embedding"            # Raw encoder features, L2 (main_rnc.py:40).
   config.loss.gamma_con = 1.0
   if variant == "agedb":
-    rnc_agedb_recipe(config)
+    recipes.rnc_agedb(config)
   return config

@@ -42,9 +42,8 @@ supremix`), not cross-checked against the paper's text.
 
 import ml_collections
 
-from contrastive_jax.train.defaults import DIR_TRAIN_SIZES
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import dir_benchmark
+from contrastive_jax.train import recipes
+from contrastive_jax.train.defaults import run_config
 
 VARIANTS = ("digits_angle", "diabetes", "agedb")
 
@@ -53,7 +52,9 @@ def get_config(variant: str = "digits_angle"):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r} of configs/supremix.py; expected one "
                      f"of {VARIANTS}.")
-  config = base_config(variant if variant in ("digits_angle", "diabetes") else "digits_angle")
+  config = run_config()  # the neutral base; the variant's recipe sets data, model and budget
+  if variant in recipes.BUNDLED_VARIANTS:
+    recipes.bundled(config, variant)
   config.method = "supremix"
   config.loss.contrastive.temperature = 0.5  # Official default tau = 0.5 (train_supremix.py:32).
   config.loss.contrastive.window = 5.0       # Hard-positive label window n = 5 (label units, :39).
@@ -61,7 +62,7 @@ def get_config(variant: str = "digits_angle"):
   config.loss.gamma_con = 0.1                # Both terms of similar size after the first epoch.
   if variant == "agedb":
     # Data: AgeDB-DIR (balanced split), 224 x 224, Normalize(0.5, 0.5), from dir_benchmark.
-    dir_benchmark(config, "agedb", split_mode="balanced")
+    recipes.dir_benchmark(config, "agedb", split_mode="balanced")
     # Two SimCLR-style views without blur (datasets.py:43-53, 'train_cl').
     config.data.augment_kind = "simclr"
     config.data.augment = ml_collections.ConfigDict(dict(scale=(0.2, 1.0), blur_prob=0.0))
@@ -79,7 +80,7 @@ def get_config(variant: str = "digits_angle"):
     config.optim.decay_boundaries = (80 / 100,)
     config.optim.decay_factor = 0.1
     config.optim.warmup_steps = 0
-    steps_per_epoch = DIR_TRAIN_SIZES["agedb"] // config.batch_size  # 95 (drop_last=True)
+    steps_per_epoch = recipes.DIR_TRAIN_SIZES["agedb"] // config.batch_size  # 95 (drop_last=True)
     config.num_train_steps = 100 * steps_per_epoch                   # `--epoch 100`
     config.eval_every = 10 * steps_per_epoch
     config.checkpoint_every = 10 * steps_per_epoch

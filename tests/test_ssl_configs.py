@@ -25,7 +25,7 @@ import ssl_fashion_mnist as bench  # pylint: disable=g-import-not-at-top,wrong-i
 from contrastive_jax.data.sources.idx import read_idx  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train.defaults import base_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from contrastive_jax.train.defaults import self_supervised  # pylint: disable=g-import-not-at-top,wrong-import-position
+from contrastive_jax.train.recipes import self_supervised  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train.loop import check_config_fields  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -2,7 +2,7 @@
 and evaluates on fixture data.
 
 ``configs/{simclr,mio,dystress}.py:{cifar10,imagenet,imagenet100}`` (built by
-``configs/simclr.py:ssl_image_config``) run end to end through ``train_and_evaluate`` with their own
+``contrastive_jax.train.recipes.ssl_image``) run end to end through ``train_and_evaluate`` with their own
 data path, loss, optimizer and evaluation protocol (weighted kNN top-1 + linear probe), shrunk to a
 small CNN, 16-pixel crops, batch 8 and 2 steps:
 

@@ -1,6 +1,14 @@
-"""Shared config defaults: run control and the per-dataset data/model/optimizer sections.
+"""The neutral base of every config: run control and the schema of the trainer's fields.
 
-Each ``configs/<method>.py`` starts from :func:`base_config` and sets only what its paper specifies.
+:func:`run_config` holds what no data set decides (seeds, heads, losses, optimizer options, run
+control). The fields a data set must decide are unset (None): ``data.name``, ``model.encoder``,
+``batch_size``, ``num_train_steps`` and ``optim.lr``; a recipe of :mod:`contrastive_jax.train.recipes`
+sets them. Each ``configs/<method>.py`` is ``run_config()`` + one data-set recipe + what its paper
+specifies, so a paper config never starts from the demo data's settings and never undoes them.
+:func:`base_config` is the bundled-data start (``run_config()`` + ``recipes.bundled``).
+
+The fields of :func:`run_config` are the schema: ``loop.check_config_fields`` refuses any other
+field outside the free-form sections (keyword arguments of a function).
 """
 
 from __future__ import annotations
@@ -9,13 +17,23 @@ import ml_collections
 from ml_collections.config_dict import FieldReference
 from ml_collections.config_dict import placeholder
 
-DATASET_VARIANTS = ("digits_angle", "diabetes")
+from contrastive_jax.train import recipes
+
+DATASET_VARIANTS = recipes.BUNDLED_VARIANTS
+
+# Fields that a data-set recipe must set (None in ``run_config``), with what they mean.
+REQUIRED_FIELDS = {"data.name": "the data source", "model.encoder": "the backbone",
+                   "batch_size": "examples per step", "num_train_steps": "training steps",
+                   "optim.lr": "the peak learning rate"}
 
 
 def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
-  """Run control + data/model/optimizer defaults for one bundled data set (``variant``)."""
-  if variant not in DATASET_VARIANTS:
-    raise ValueError(f"Unknown config variant {variant!r}; expected one of {DATASET_VARIANTS}.")
+  """``run_config()`` with the bundled data set ``variant`` ('digits_angle' or 'diabetes')."""
+  return recipes.bundled(run_config(), variant)
+
+
+def run_config() -> ml_collections.ConfigDict:
+  """The neutral base: run control + every schema field, data-set fields unset (module doc)."""
   c = ml_collections.ConfigDict()
   c.method = "none"
   c.seed = 0
@@ -29,7 +47,7 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.micro_batch_unroll = placeholder(bool)
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = variant
+  c.data.name = placeholder(str)  # a recipe sets it
   c.data.seed = 0                  # split seed (the rotations of digits_angle are drawn from it too)
   c.data.kwargs = ml_collections.ConfigDict()
   c.data.views = 2                 # augmented views per sample (AdaCon's "batch augmentation": 8)
@@ -49,6 +67,7 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.data.normalize = FieldReference("", field_type=object)
 
   c.model = ml_collections.ConfigDict()
+  c.model.encoder = placeholder(str)  # a recipe sets it
   c.model.encoder_kwargs = ml_collections.ConfigDict()
   c.model.proj_hidden_dim = placeholder(int)  # None: the input width.
   # Projection head: Dense -> ReLU -> Dense(proj_dim) -> L2 (AdaCon Sec. III-B).
@@ -89,6 +108,7 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"
+  c.optim.lr = placeholder(float)  # a recipe sets it
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-4
   # True: no weight decay (nor LARS trust ratio) on biases and norm scales / offsets (SimCLR,
@@ -100,25 +120,6 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.optim.end_factor = 0.0
   c.optim.decay_boundaries = (1 / 3, 2 / 3)  # used by schedule='step'
   c.optim.decay_factor = 0.1
-
-  if variant == "digits_angle":
-    # Real 8x8 digits from scikit-learn, upsampled to 16x16 and rotated; the target is the angle.
-    c.data.augment.max_shift = 1   # translations, brightness and noise only: a flip or rotation
-    c.data.augment.noise_std = 0.05  # would change the target angle.
-    c.data.augment.brightness = 0.1
-    c.model.encoder = "small_cnn"
-    c.batch_size = 128
-    c.num_train_steps = 1200
-    c.optim.lr = 0.05
-  else:
-    # scikit-learn's diabetes: 442 patients, 10 standardised features, disease progression target.
-    c.data.augment.noise_std = 0.1
-    c.data.augment.drop_prob = 0.1
-    c.model.encoder = "mlp"
-    c.model.encoder_kwargs.hidden_sizes = (128, 128)
-    c.batch_size = 64
-    c.num_train_steps = 600
-    c.optim.lr = 0.01
 
   c.eval = ml_collections.ConfigDict()
   # 'regression': MAE / RMSE / R2 / Pearson of the head or a probe (`eval_with`), best = lowest val
@@ -132,6 +133,8 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.eval.linear_probe_lr = 0.1
   c.eval.clip_mode = "first"       # videos: evaluation clip, 'first' or 'center' (AdaCon Sec. IV-B)
 
+  c.batch_size = placeholder(int)       # a recipe sets it
+  c.num_train_steps = placeholder(int)  # a recipe sets it
   c.eval_batch_size = 256
   c.eval_with = "head"             # 'head' | 'knn' | 'ridge' (probes of frozen embeddings, for SSL)
   c.knn_k = 20
@@ -145,130 +148,3 @@ def base_config(variant: str = "digits_angle") -> ml_collections.ConfigDict:
   c.nonfinite = "stop"             # non-finite loss/gradient: "stop" (error naming the step) or "skip"
   return c
 
-
-def self_supervised(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Turns a config into label-free pretraining scored by probes of the frozen embeddings.
-
-  The contrastive loss alone trains the encoder (``gamma_reg = 0``: the regression branch is not
-  trained); validation (model selection) and test use kNN regression on the embeddings of the
-  training split, and ``results.json`` reports the ridge linear probe too (thesis Ch. 5: kNN for small
-  scale, linear probe for large scale).
-  """
-  config.loss.gamma_reg = 0.0
-  config.loss.gamma_con = 1.0
-  config.eval_with = "knn"
-  return config
-
-
-# Training-split sizes of the DIR benchmark (Yang et al. 2021; ACCon "Datasets"), for epoch counts.
-DIR_TRAIN_SIZES = {"agedb": 12208, "imdb_wiki": 191500}
-
-
-def dir_benchmark(config: ml_collections.ConfigDict, dataset: str,
-                  split_mode: str = "natural") -> ml_collections.ConfigDict:
-  """Points ``config`` at AgeDB-DIR / IMDB-WIKI-DIR (``data.root``: the folder holding
-  ``agedb.csv`` / ``imdb_wiki.csv`` and the images) with the DIR benchmark's recipe (Yang et al.,
-  ICML 2021, whose code ACCon, RankSim and ConR build on): ResNet-50 on 224 x 224 faces, random
-  crop (padding 16) + horizontal flip, inputs normalised by mean 0.5 / std 0.5, Adam (lr 1e-3, no
-  weight decay), batch 256, 90 epochs with the rate x0.1 at epochs 60 and 80, L1 loss.
-  ``split_mode``: 'natural' (ACCon Table 1) or 'balanced' (the benchmark's own split, ACCon
-  Table 2).
-
-  Checked against YyzHarry/imbalanced-regression (agedb-dir/ and imdb-wiki-dir/, same values):
-  train.py:52 resnet50, :56 adam, :57 l1, :58 lr 1e-3, :59 90 epochs, :62 schedule [60, 80],
-  :63 batch 256, :65 img_size 224; train.py:163 builds ``Adam(model.parameters(), lr=args.lr)``
-  (``--weight_decay`` 1e-4 only reaches the SGD branch), hence weight decay 0;
-  agedb-dir/datasets.py:40-52 Resize((224, 224)) + RandomCrop(224, padding=16) +
-  RandomHorizontalFlip + Normalize(0.5, 0.5) (evaluation: Resize + Normalize). Not reproduced:
-  the official Resize((224, 224)) stretches each image to a square, our source centre-crops to
-  the aspect ratio first (data/sources/dir_benchmark.py); the official loader keeps the last
-  partial batch (``drop_last=False``, train.py:129: 48 updates an epoch on AgeDB) where we take
-  ``N // batch_size`` full batches an epoch (47).
-  """
-  if dataset not in DIR_TRAIN_SIZES:
-    raise ValueError(f"dataset must be one of {sorted(DIR_TRAIN_SIZES)}, got {dataset!r}.")
-  config.data.name = "dir_benchmark"
-  # csv_path: another meta file with the same columns (e.g. ACCon's official agedb_natural.csv
-  # with split_mode='balanced', which reads its split column); None: root/<dataset>.csv.
-  config.data.kwargs = ml_collections.ConfigDict(dict(dataset=dataset, split_mode=split_mode,
-                                                      image_size=224, workers=8,
-                                                      csv_path=placeholder(str)))
-  config.data.augment_kind = "bmd"  # flip + frame shift: RandomCrop(224, padding=16) + HFlip
-  config.data.augment = ml_collections.ConfigDict(dict(flip_prob=0.5, degrees=0.0,
-                                                       translate=16 / 224))
-  config.data.normalize = (0.5, 0.5)  # transforms.Normalize([.5, .5, .5], [.5, .5, .5])
-  config.model.encoder = "resnet50"
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(stem="imagenet"))
-  config.loss.reg = "l1"
-  config.batch_size = 256
-  config.optim.name = "adam"
-  config.optim.lr = 1e-3
-  config.optim.weight_decay = 0.0  # torch.optim.Adam(model.parameters(), lr=args.lr): no decay
-  config.optim.schedule = "step"
-  config.optim.decay_boundaries = (60 / 90, 80 / 90)
-  config.optim.decay_factor = 0.1
-  config.optim.warmup_steps = 0
-  steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
-  config.num_train_steps = 90 * steps_per_epoch
-  config.eval_batch_size = 256
-  config.log_every = 50
-  config.eval_every = steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
-  return config
-
-
-def rnc_agedb_recipe(config: ml_collections.ConfigDict,
-                     dataset: str = "agedb") -> ml_collections.ConfigDict:
-  """Rank-N-Contrast's AgeDB-DIR run (Zha et al. 2023; official kaiwenzha/Rank-N-Contrast,
-  ``main_rnc.py`` defaults): :func:`dir_benchmark` data (AgeDB-DIR's balanced split: the official
-  data/agedb.csv is byte-identical to the DIR benchmark's) with ResNet-18, two SimCLR-style views,
-  SGD lr 0.5 / batch 256 / 400 epochs, cosine to lr x 1e-3, then the second stage (a linear
-  regressor on frozen features) by the ridge probe.
-
-  Checked against the official code: main_rnc.py:22 batch 256, :24 400 epochs, :25 lr 0.5, :26
-  lr_decay_rate 0.1, :27 weight decay 1e-4, :28 momentum 0.9, :33 resnet18, :35 aug
-  'crop,flip,color,grayscale', :38-40 temp 2 / label_diff 'l1' / feature_sim 'l2', :85
-  drop_last=True (47 steps an epoch); utils.py:96-98 torch.optim.SGD over all parameters; utils.py
-  :76-81 cosine annealing from lr to eta_min = lr * lr_decay_rate ** 3, set once per epoch (ours
-  per step); utils.py:15-39 RandomResizedCrop(224, scale=(0.2, 1)), HFlip, ColorJitter(0.4, 0.4,
-  0.4, 0.1) p = 0.8, RandomGrayscale p = 0.2, Normalize(0.5, 0.5); model.py:72-137 ResNet-18 built
-  from scratch (no ImageNet weights), loss on its 512-d pooled features (no projection head).
-
-  What this trainer does differently (it has no second training stage):
-  * Stage 2 (main_linear.py) trains Linear(512, 1) (:95) with L1 (:91) by SGD lr 0.05 (:23),
-    momentum 0.9 (:26), weight decay 0 (:25), batch 64 (:20), 100 epochs (:22), cosine to
-    0.05 * 0.2 ** 3 (:24), on augmented training images (:33, :63) through the frozen encoder
-    (:119, :134), keeping the epoch with the lowest validation L1 (:212-224). Here: the closed-form
-    ridge probe (squared loss, ``ridge_alpha``) on un-augmented training embeddings.
-  * The official encoder is the last epoch's (main_rnc.py:184, no validation in stage 1); here the
-    encoder checkpoint (every 10 epochs) with the lowest validation MAE of the ridge probe is kept
-    (``--config.eval_every=<num_train_steps>`` scores only the last).
-  * Evaluation images: official Resize(256) + CenterCrop(224) (utils.py:41-46); ours the whole
-    centre-cropped square at 224, and RandomResizedCrop draws from that square, not from the
-    original image.
-  """
-  dir_benchmark(config, dataset, split_mode="balanced")  # AgeDB-DIR, the benchmark's split
-  config.model.encoder = "resnet18"             # `--model resnet18` (model.py, random init)
-  # TwoCropTransform of RandomResizedCrop(224, scale=(0.2, 1)), HFlip, ColorJitter(0.4, 0.4, 0.4,
-  # 0.1) p = 0.8, RandomGrayscale p = 0.2: SimCLR's recipe without blur.
-  config.data.augment_kind = "simclr"
-  config.data.augment = ml_collections.ConfigDict(dict(scale=(0.2, 1.0), blur_prob=0.0))
-  config.data.views = 2
-  config.batch_size = 256                       # `--batch_size 256`
-  config.optim.name = "sgd"                     # SGD, `--learning_rate 0.5`, momentum 0.9,
-  config.optim.lr = 0.5                         # weight decay 1e-4, cosine schedule
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 1e-4
-  config.optim.schedule = "cosine"
-  config.optim.end_factor = 0.1 ** 3            # eta_min = lr * lr_decay_rate ** 3 (utils.py:78)
-  config.optim.warmup_steps = 0                 # no warm-up (utils.py:76-81)
-  steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
-  config.num_train_steps = 400 * steps_per_epoch  # `--epochs 400`
-  config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = 10 * steps_per_epoch
-  # Two stages: the encoder by the contrastive loss alone, then a linear regressor on frozen
-  # features (Sec. 3 / official `main_linear.py`), here the ridge probe.
-  config.loss.gamma_reg = 0.0
-  config.loss.gamma_con = 1.0
-  config.eval_with = "ridge"
-  return config

@@ -39,8 +39,8 @@ from contrastive_jax.evaluate.probe import ridge_probe
 from contrastive_jax.losses import lds_weights
 from contrastive_jax.train import objectives
 from contrastive_jax.train import run as run_lib
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import DATASET_VARIANTS
+from contrastive_jax.train.defaults import REQUIRED_FIELDS
+from contrastive_jax.train.defaults import run_config
 from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
@@ -198,7 +198,7 @@ class Evaluator:
 # ``defaults.py``.
 FREE_FORM_SECTIONS = ("data.kwargs", "data.augment", "model.encoder_kwargs", "loss.reg_kwargs",
                       "loss.contrastive")
-# Optional fields that ``base_config`` does not set but the trainer reads.
+# Optional fields that ``run_config`` does not set but the trainer reads.
 OPTIONAL_FIELDS = ("task", "optim.nesterov")
 
 
@@ -218,12 +218,11 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming every field that no part of the trainer reads (a typo in a config
   file would otherwise be ignored silently), with the closest known field.
 
-  Known fields are those of ``defaults.base_config`` (for the config's data set), the
+  Known fields are those of ``defaults.run_config`` (the neutral base: the schema), the
   :data:`OPTIONAL_FIELDS`, and, inside ``loss.contrastive``, the options the method registry
   declares for the selected method.
   """
-  variant = config.data.name if config.data.name in DATASET_VARIANTS else DATASET_VARIANTS[0]
-  known = set(_field_paths(base_config(variant).to_dict())) | set(OPTIONAL_FIELDS)
+  known = set(_field_paths(run_config().to_dict())) | set(OPTIONAL_FIELDS)
   unknown = [p for p in _field_paths(config.to_dict()) if p not in known]
   accepted = objectives.contrastive_options(config.method)
   if accepted is not None:
@@ -239,6 +238,23 @@ def check_config_fields(config: ml_collections.ConfigDict) -> None:
                      "fields are those of contrastive_jax/train/defaults.py (and, in "
                      "loss.contrastive, the options of the selected method in "
                      "contrastive_jax/losses/registry.py).")
+  check_required_fields(config)
+
+
+def check_required_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the fields that the neutral base leaves unset (``None``) and no
+  data-set recipe set (:data:`defaults.REQUIRED_FIELDS`)."""
+  missing = []
+  for path, meaning in REQUIRED_FIELDS.items():
+    value = config
+    for part in path.split("."):
+      value = value.get(part) if value is not None and part in value else None
+    if value is None:
+      missing.append(f"`{path}` ({meaning})")
+  if missing:
+    raise ValueError("The config leaves " + ", ".join(missing) + " unset: start it from a data-set "
+                     "recipe of contrastive_jax/train/recipes.py (e.g. recipes.bundled(run_config(), "
+                     "'digits_angle')) or set them.")
 
 
 def check_dataset(dataset, batch_size: int) -> None:
