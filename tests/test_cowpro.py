@@ -488,16 +488,16 @@ EIGHT_DEVICE_WORKER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, os.path.join({repo!r}, 'tests'))
     from test_cowpro import tiny_config, _read_metrics
-    from contrastive_jax.train.cowpro import train_cowpro
+    from contrastive_jax.train.cowpro import task_mesh, train_cowpro
     config = tiny_config(batch_size=8, num_train_steps=4, log_every=1, eval_every=2)
     results = train_cowpro(config, sys.argv[1])
     train = [m for m in _read_metrics(sys.argv[1]) if 'train/loss' in m]
-    print(json.dumps({{'devices': jax.device_count(), 'results': results,
-                      'train': train}}))
+    print(json.dumps({{'devices': jax.device_count(), 'results': results, 'train': train,
+                      'mesh_sizes': [task_mesh(b).size for b in (1, 4, 6, 8)]}}))
 """)
 
 
-# Two subprocess runs (1 and 8 forced CPU devices): 15 s on a 2-core CPU.
+# Two subprocess runs (1 and 8 forced CPU devices): 15-18 s on a 2-core CPU, so not marked slow.
 def test_eight_devices_train_like_one(tmp_path):
   """The CoWPro step is data-parallel: 8 devices (one episode each, the same episodes as one device
   draws, BatchNorm synchronised over the 'batch' axis, the global-mean loss) give the 1-device losses,
@@ -515,6 +515,8 @@ def test_eight_devices_train_like_one(tmp_path):
     outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
   one, eight = outputs[1], outputs[8]
   assert one['devices'] == 1 and eight['devices'] == 8
+  # Every device shares the episodes when it can; else the most devices that can (batch 1: one).
+  assert one['mesh_sizes'] == [1, 1, 1, 1] and eight['mesh_sizes'] == [1, 4, 6, 8]
   assert [m['step'] for m in one['train']] == [m['step'] for m in eight['train']] == [1, 2, 3, 4]
   for key in ('train/loss', 'train/loss_ssl', 'train/loss_reg', 'train/grad_norm'):
     np.testing.assert_allclose([m[key] for m in eight['train']], [m[key] for m in one['train']],
