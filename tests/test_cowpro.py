@@ -9,6 +9,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import chex
 import jax
@@ -397,6 +400,139 @@ def test_non_finite_loss_raises_with_step(tmp_path):
   config.optim.weight_decay = 0.0
   with pytest.raises(NonFiniteLossError, match=r'at step \d'):
     train_cowpro(config, str(tmp_path / 'nan'))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The trainer on the run skeleton: preemption, the non-finite policy, data parallelism.
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f]
+
+
+def _run_with(config, workdir, device_batch):
+  """``train_cowpro``'s run with the task's ``device_batch`` replaced by
+  ``device_batch(step, real batch of step)``."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train import cowpro as tcowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
+
+  def build(cfg, mesh):
+    task = tcowpro.cowpro_task(cfg, mesh, workdir=workdir)
+    return dataclasses.replace(task, device_batch=lambda step: device_batch(
+        step, task.device_batch(step)))
+
+  return run_lib.run(config, workdir, build, run_lib.make_mesh())
+
+
+def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, caplog):
+  """SIGTERM during a step: a checkpoint at the next step boundary, a clean 'stopped' return; the
+  re-run ends exactly like an uninterrupted run (results, evaluation history, every array)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train.cowpro import train_cowpro  # pylint: disable=g-import-not-at-top
+  config = tiny_config(num_train_steps=5, eval_every=2)
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  expected = train_cowpro(config, straight)
+  assert [h['step'] for h in expected['eval_history']] == [2, 4, 5]  # the last step included
+
+  def terminated_at_step_2(step, batch):
+    if step == 2:  # while step 3 is dispatched: the run stops after it
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  caplog.set_level(logging.INFO, logger='contrastive_jax')
+  assert _run_with(config, killed, terminated_at_step_2) == {'status': 'stopped', 'steps': 3}
+  assert 'Stopped at step 3 (SIGTERM)' in caplog.text
+  assert not os.path.exists(os.path.join(killed, 'results.json'))
+  assert train_cowpro(config, killed) == expected
+  a, meta_a = load_checkpoint(os.path.join(straight, 'checkpoints'))
+  b, meta_b = load_checkpoint(os.path.join(killed, 'checkpoints'))
+  assert int(a['step']) == int(b['step']) == 5 and meta_a['history'] == meta_b['history']
+  jax.tree.map(np.testing.assert_array_equal, (a['params'], a['batch_stats'], a['opt_state']),
+               (b['params'], b['batch_stats'], b['opt_state']))
+
+
+def test_nonfinite_skip_skips_the_step(tmp_path, caplog):
+  """``nonfinite='skip'``: a step whose episodes are NaN leaves the state as it was (the step
+  counter moves on) and is logged with its step, one step late; the run ends with finite weights."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+  config = tiny_config(num_train_steps=4, log_every=1, nonfinite='skip')
+
+  def nan_at_step_2(step, batch):
+    return {**batch, 'images': batch['images'] * jnp.nan} if step + 1 == 2 else batch
+
+  caplog.set_level(logging.INFO, logger='contrastive_jax')
+  results = _run_with(config, str(tmp_path / 'skip'), nan_at_step_2)
+  assert results['steps'] == 4 and np.isfinite(results['mean_dice'])
+  assert 'Non-finite loss or gradient at step 2 (loss=nan' in caplog.text
+  assert 'update skipped' in caplog.text
+  state, _ = load_checkpoint(str(tmp_path / 'skip' / 'checkpoints'))
+  assert int(state['step']) == 4
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((state['params'],
+                                                              state['batch_stats'])))
+  train = [m for m in _read_metrics(str(tmp_path / 'skip')) if 'train/loss' in m]
+  assert [m['step'] for m in train] == [1, 2, 3, 4] and np.isnan(train[1]['train/loss'])
+  assert all(np.isfinite(m['train/loss']) for m in train if m['step'] != 2)
+  config.nonfinite = 'stop'  # the same bad step stops a run, naming it
+  from contrastive_jax.train.run import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(NonFiniteLossError, match='at step 2:'):
+    _run_with(config, str(tmp_path / 'stop'), nan_at_step_2)
+
+
+EIGHT_DEVICE_WORKER = textwrap.dedent("""
+    import json, os, sys
+    import jax
+    sys.path.insert(0, {repo!r})
+    sys.path.insert(0, os.path.join({repo!r}, 'tests'))
+    from test_cowpro import tiny_config, _read_metrics
+    from contrastive_jax.train.cowpro import task_mesh, train_cowpro
+    config = tiny_config(batch_size=8, num_train_steps=4, log_every=1, eval_every=2)
+    results = train_cowpro(config, sys.argv[1])
+    train = [m for m in _read_metrics(sys.argv[1]) if 'train/loss' in m]
+    print(json.dumps({{'devices': jax.device_count(), 'results': results, 'train': train,
+                      'mesh_sizes': [task_mesh(b).size for b in (1, 4, 6, 8)]}}))
+""")
+
+
+# Two subprocess runs (1 and 8 forced CPU devices): 15-18 s on a 2-core CPU, so not marked slow.
+def test_eight_devices_train_like_one(tmp_path):
+  """The CoWPro step is data-parallel: 8 devices (one episode each, the same episodes as one device
+  draws, BatchNorm synchronised over the 'batch' axis, the global-mean loss) give the 1-device losses,
+  evaluations and final parameters."""
+  from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  outputs = {}
+  for devices in (1, 8):
+    env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+           'JAX_PLATFORMS': 'cpu'}
+    done = subprocess.run([sys.executable, '-c', EIGHT_DEVICE_WORKER.format(repo=repo),
+                           str(tmp_path / str(devices))],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+  one, eight = outputs[1], outputs[8]
+  assert one['devices'] == 1 and eight['devices'] == 8
+  # Every device shares the episodes when it can; else the most devices that can (batch 1: one).
+  assert one['mesh_sizes'] == [1, 1, 1, 1] and eight['mesh_sizes'] == [1, 4, 6, 8]
+  assert [m['step'] for m in one['train']] == [m['step'] for m in eight['train']] == [1, 2, 3, 4]
+  for key in ('train/loss', 'train/loss_ssl', 'train/loss_reg', 'train/grad_norm'):
+    np.testing.assert_allclose([m[key] for m in eight['train']], [m[key] for m in one['train']],
+                               rtol=1e-4, err_msg=key)
+  np.testing.assert_allclose([m['train/query_dice'] for m in eight['train']],
+                             [m['train/query_dice'] for m in one['train']], atol=1e-3)
+  assert [h['step'] for h in one['results']['eval_history']] == [2, 4]
+  np.testing.assert_allclose([h['mean_dice'] for h in eight['results']['eval_history']],
+                             [h['mean_dice'] for h in one['results']['eval_history']], atol=1e-3)
+  a, _ = load_checkpoint(str(tmp_path / '8' / 'checkpoints'))
+  b, _ = load_checkpoint(str(tmp_path / '1' / 'checkpoints'))
+  assert int(a['step']) == int(b['step']) == 4
+  assert jax.tree.structure(a['params']) == jax.tree.structure(b['params'])
+  for x, y in zip(jax.tree.leaves((a['params'], a['batch_stats'])),
+                  jax.tree.leaves((b['params'], b['batch_stats']))):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,15 +5,22 @@
 synthesised on device (Sec. 7.4.1.5: support = slice + random superpixel, query = its affine + elastic +
 gamma transform) with ``L_ssl + L_reg`` (Eq. 7.14), evaluates with the 1-shot protocol (3 chunks,
 3-D Dice per query scan; ``contrastive_jax.evaluate.segmentation``) every ``eval_every`` steps and at
-the end, and writes ``workdir/results.json``. Episodes are a pure function of (seed, step), so a run
-resumes exactly from its latest Orbax checkpoint; a non-finite loss or gradient raises
-``NonFiniteLossError`` naming the step (the update is not applied).
+the end, and writes ``workdir/results.json``: the :func:`cowpro_task` of the config run by the skeleton
+of ``contrastive_jax.train.run`` (resume, checkpoints, boundaries, the non-finite policy, preemption,
+progress).
+
+The step is data-parallel over every device (one ``shard_map`` over the 'batch' axis): the pseudo-masks
+are replicated on every device, episode ``i`` of step ``s`` is drawn from
+``fold_in(fold_in(rng, s), i)`` (``i`` its global index, so any device layout draws the same
+episodes), BatchNorm statistics are synchronised over the axis and the loss (a mean over episodes) is
+averaged over devices, so the step equals the one-device step on the whole batch. A run resumes exactly
+from its latest Orbax checkpoint; a non-finite loss or gradient is not applied and raises
+``NonFiniteLossError`` naming the step (``nonfinite='skip'`` skips the update instead).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 
@@ -22,22 +29,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from contrastive_jax.data import cowpro as cowpro_data
 from contrastive_jax.evaluate import segmentation
 from contrastive_jax.losses import cowpro as cowpro_losses
 from contrastive_jax.models import cowpro as cowpro_model
-from contrastive_jax.train import run_checks
-from contrastive_jax.train.checkpoint import Checkpointer
-from contrastive_jax.train.workdir_lock import locked_workdir
+from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.init_from import initial_variables
-from contrastive_jax.train.run import NonFiniteLossError
-from contrastive_jax.train.run import config_identity
-from contrastive_jax.train.run import refuse_changed_config
 from contrastive_jax.train.optim import make_optimizer
+from contrastive_jax.train.run import NonFiniteLossError  # pylint: disable=unused-import
+from contrastive_jax.train.run import config_identity
+from contrastive_jax.train.run import make_mesh
 from contrastive_jax.train.state import TrainState
-from contrastive_jax.train.writer import MetricWriter
-from contrastive_jax.train.writer import Progress
+from contrastive_jax.train.step import AXIS
+from contrastive_jax.train.step import sample_keys
 
 log = logging.getLogger('contrastive_jax')
 
@@ -103,15 +111,14 @@ def _regroup(split, lengths, ids) -> cowpro_data.Volumes:
   return cowpro_data.Volumes(images, labels, tuple(ids))
 
 
-
-
-
-
 # ----------------------------------------------------------------------------------------------------
 # Steps.
 
-def build_model(model_cfg) -> cowpro_model.CoWPro:
-  encoder = cowpro_model.build_encoder(model_cfg.encoder, **model_cfg.get('encoder_kwargs', {}))
+def build_model(model_cfg, axis_name=None) -> cowpro_model.CoWPro:
+  """The CoWPro net of ``model_cfg``; ``axis_name``: the mesh axis its BatchNorm statistics are
+  synchronised over in training (inside ``shard_map``)."""
+  encoder = cowpro_model.build_encoder(model_cfg.encoder, bn_axis_name=axis_name,
+                                       **model_cfg.get('encoder_kwargs', {}))
   return cowpro_model.CoWPro(encoder=encoder, feature_dim=model_cfg.get('feature_dim'),
                              in_channels=int(model_cfg.get('in_channels', 1)))
 
@@ -134,11 +141,21 @@ def _threshold(value):
   return value
 
 
-def make_train_step(model, config, schedule):
-  """``train_step(state, images, superpixels, counts) -> (state, metrics)`` (jit-compiled)."""
+def make_train_step(model, config, schedule, mesh: Mesh):
+  """``train_step(state, data) -> (state, metrics)``, jit-compiled and data-parallel over ``mesh``.
+
+  ``data``: ``{'images', 'superpixels', 'counts'}`` of the pseudo-mask set, replicated on every
+  device. Each device draws its ``batch_size / mesh.size`` episodes (global indices
+  ``[d * b, (d + 1) * b)``, :func:`sample_keys`), runs the encoder on its supports and queries with
+  BatchNorm synchronised over the 'batch' axis, and takes the device mean of Eq. 7.14's per-episode
+  mean; the gradient of that global mean is the same on every device. ``metrics``: ``loss``,
+  ``loss_ssl``, ``loss_reg`` (global means), ``query_dice`` (the Dice of the predicted query masks,
+  pooled over the global batch), ``grad_norm``, ``lr``, ``nonfinite`` (1: the update was not applied;
+  the step counter still moves on).
+  """
   aug = cowpro_data.QueryAugment(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
                                     for k, v in config.augment.to_dict().items()})
-  batch = int(config.batch_size)
+  local = int(config.batch_size) // mesh.size
   loss_cfg = config.loss
   loss_kwargs = dict(
       class_weights=tuple(loss_cfg.class_weights), normalize=loss_cfg.normalize,
@@ -148,10 +165,10 @@ def make_train_step(model, config, schedule):
       bg_threshold=_threshold(config.prototypes.bg_threshold), **_proto_kwargs(config.prototypes))
   bn_train = bool(config.model.get('bn_train', True))
 
-  def train_step(state, images, superpixel_maps, counts):
-    key = jax.random.fold_in(state.rng, state.step)
-    episodes = jax.vmap(lambda k: cowpro_data.sample_episode(k, images, superpixel_maps, counts, aug))(
-        jax.random.split(key, batch))
+  def local_step(state, data):
+    keys = sample_keys(jax.random.fold_in(state.rng, state.step), local)
+    episodes = jax.vmap(lambda k: cowpro_data.sample_episode(
+        k, data['images'], data['superpixels'], data['counts'], aug))(keys)
     x = jnp.concatenate([episodes['support_image'], episodes['query_image']])
 
     def loss_fn(params):
@@ -161,25 +178,29 @@ def make_train_step(model, config, schedule):
         new_stats = updates.get('batch_stats', state.batch_stats)
       else:
         feats, new_stats = model.apply(variables, x, train=False), state.batch_stats
-      loss, aux = cowpro_losses.cowpro_loss(feats[:batch], episodes['support_mask'], feats[batch:],
+      loss, aux = cowpro_losses.cowpro_loss(feats[:local], episodes['support_mask'], feats[local:],
                                             episodes['query_mask'], **loss_kwargs)
-      return loss, (aux, new_stats)
+      aux = {**aux, 'loss_ssl': jax.lax.pmean(aux['loss_ssl'], AXIS),
+             'loss_reg': jax.lax.pmean(aux['loss_reg'], AXIS)}
+      return jax.lax.pmean(loss, AXIS), (aux, new_stats)
 
     (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updated = state.apply_gradients(grads=grads, batch_stats=new_stats)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    skipped = state.replace(step=state.step + 1)
+    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, skipped)
     pred = cowpro_model.predict_mask(aux['logits'])
     truth = episodes['query_mask'] > 0.5
-    inter = jnp.sum(pred & truth)
-    query_dice = 2.0 * inter / jnp.maximum(jnp.sum(pred) + jnp.sum(truth), 1)
+    inter, total = jax.lax.psum((jnp.sum(pred & truth), jnp.sum(pred) + jnp.sum(truth)), AXIS)
+    query_dice = 2.0 * inter / jnp.maximum(total, 1)
     metrics = {'loss': loss, 'loss_ssl': aux['loss_ssl'], 'loss_reg': aux['loss_reg'],
                'lr': schedule(state.step), 'grad_norm': grad_norm, 'query_dice': query_dice,
-               'nonfinite': ~finite}
+               'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
     return new_state, metrics
 
-  return jax.jit(train_step)
+  return jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P())),
+                 donate_argnums=0)
 
 
 class Predictor:
@@ -235,7 +256,8 @@ class Predictor:
 # ----------------------------------------------------------------------------------------------------
 # The run.
 
-def evaluate(predictor: Predictor, state, volumes: cowpro_data.Volumes, config) -> dict:
+def one_shot(predictor: Predictor, state, volumes: cowpro_data.Volumes, config) -> dict:
+  """The 1-shot evaluation of ``state`` (:func:`segmentation.one_shot_evaluate`)."""
   predictor.set_state(state)
   classes = {name: int(cid) for name, cid in config.eval.classes.items()}
   return segmentation.one_shot_evaluate(
@@ -244,118 +266,132 @@ def evaluate(predictor: Predictor, state, volumes: cowpro_data.Volumes, config) 
       scan_ids=volumes.ids)
 
 
-@locked_workdir
-@run_checks.closes_resources
-def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains CoWPro self-supervised, evaluates it 1-shot; returns (and writes) the results dict."""
-  run_checks.check_run_control(config)
-  os.makedirs(workdir, exist_ok=True)
+def flat_dice(result: dict) -> dict:
+  """``{'dice_<class>': ..., 'mean_dice': ...}`` of a :func:`one_shot` result."""
+  return {**{f'dice_{k}': v for k, v in result['dice'].items()}, 'mean_dice': result['mean_dice']}
+
+
+def _dice_text(metrics: dict) -> str:
+  dice = ' '.join(f'{k[len("dice_"):]} {v:.4f}' for k, v in metrics.items() if k.startswith('dice_'))
+  return f"{dice} | mean {metrics['mean_dice']:.4f}"
+
+
+def describe(metrics: dict) -> str:
+  """One log line of :func:`flat_dice` metrics."""
+  return f'1-shot Dice {_dice_text(metrics)}'
+
+
+def cowpro_task(config: ml_collections.ConfigDict, mesh: Mesh, workdir: str = '') -> run_lib.Task:
+  """The CoWPro run of ``config`` on ``mesh`` as a :class:`run.Task` (see the module doc).
+
+  Validation ('val': every ``eval_every`` steps and at the end) is the 1-shot Dice of the evaluation
+  scans, written as ``val/dice_<class>`` / ``val/mean_dice`` and appended to the checkpoint meta's
+  ``history``; no best state: the final state is reported (``test/...`` and ``results.json``).
+  The pseudo-masks are cached in ``data.cache_dir``, else ``workdir/superpixels`` (none without).
+  """
+  run_lib.check_divisible(mesh, batch_size=config.batch_size)
   train_volumes, eval_volumes = load_volumes(config.data)
   slices = cowpro_data.training_slices(train_volumes, tuple(config.data.exclude_labels))
-  cache_dir = config.data.get('cache_dir') or os.path.join(workdir, 'superpixels')
+  cache_dir = config.data.get('cache_dir') or (os.path.join(workdir, 'superpixels') if workdir
+                                               else None)
   pseudo = cowpro_data.build_pseudo_masks(slices, cache_dir=cache_dir,
                                           **config.data.superpixels.to_dict())
   log.info('CoWPro data %s: %d training slices with %.1f superpixels on average, %d evaluation '
-           'scans of %s.', config.data.name, len(pseudo), float(np.mean(pseudo.counts)),
-           len(eval_volumes), eval_volumes.images.shape[1:])
+           'scans of %s; %d device(s).', config.data.name, len(pseudo), float(np.mean(pseudo.counts)),
+           len(eval_volumes), eval_volumes.images.shape[1:], mesh.size)
 
-  model = build_model(config.model)
+  model = build_model(config.model, axis_name=AXIS)
   num_steps = int(config.num_train_steps)
   tx, schedule = make_optimizer(config.optim, num_steps)
-  init_key, episode_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, pseudo.images[:2])
-  ckpt = run_checks.opened(Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                        int(config.keep_checkpoints)))
   init_from = config.model.get('init_from', '') or ''
-  variables = initial_variables(init_from, model, variables, ckpt, log)
-  state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                            batch_stats=variables.get('batch_stats', {}), rng=episode_key)
-  log.info('CoWPro model (%s encoder): %s parameters.', config.model.encoder,
-           f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
+  replicated = NamedSharding(mesh, P())
+  data = jax.device_put({'images': np.asarray(pseudo.images),
+                         'superpixels': np.asarray(pseudo.superpixels),
+                         'counts': np.asarray(pseudo.counts)}, replicated)
 
-  meta = {'config': config_identity(config), 'history': []}
-  if ckpt.latest_step() is not None:
-    run_checks.check_restorable(ckpt, state)
-    state, saved = ckpt.restore(state)
-    differences = refuse_changed_config(ckpt.directory, saved.get('config', {}), meta['config'],
-                                        config.get('resume', 'auto'))
-    if not differences and (done := run_checks.finished_results(workdir, int(state.step),
-                                                                config.num_train_steps)):
-      return done
-    meta['history'] = saved.get('history', [])
-    log.info('Resumed from step %d of %s.', int(state.step), ckpt.directory)
+  def init_state(latest) -> TrainState:
+    init_key, episode_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, pseudo.images[:2])
+    variables = initial_variables(init_from, model, variables, latest, log)
+    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                              batch_stats=variables.get('batch_stats', {}), rng=episode_key)
+    log.info('CoWPro model (%s encoder): %s parameters.', config.model.encoder,
+             f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
+    return state
+
+  def on_resume(saved_meta: dict) -> dict:
     if init_from:
       log.info('model.init_from=%r is ignored: resuming from the checkpoint.', init_from)
+    return {'history': list(saved_meta.get('history', [])),
+            'init_from': saved_meta.get('init_from', '')}
 
-  train_step = make_train_step(model, config, schedule)
   predictor = Predictor(model, config)
-  device_data = (jnp.asarray(pseudo.images), jnp.asarray(pseudo.superpixels),
-                 jnp.asarray(pseudo.counts))
-  writer = run_checks.opened(MetricWriter(workdir))
-  step = int(state.step)
-  progress = Progress(num_steps, step, int(config.batch_size),
-                      terms=(('reg', 'loss_reg'), ('ssl', 'loss_ssl')))
-  first_step, stop_at = step + 1, int(config.get('stop_at_step', -1))
-  if step < num_steps:
-    progress.compiling()
+  evaluated = {}  # The newest 1-shot result and its step: the final state's is not recomputed.
 
-  def check(step_done, metrics) -> dict:
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if metrics.pop('nonfinite'):
-      ckpt.wait()
-      raise NonFiniteLossError(
-          f"Non-finite loss or gradient at step {step_done}: loss={metrics['loss']}, "
-          f"loss_ssl={metrics['loss_ssl']}, loss_reg={metrics['loss_reg']}, "
-          f"grad_norm={metrics['grad_norm']}. The update was not applied; "
-          f'{ckpt.describe_last_good()}.')
-    return metrics
+  def evaluate(state, split: str) -> dict:
+    if split != 'val':
+      raise ValueError(f'CoWPro evaluates the 1-shot protocol on its evaluation scans; got {split!r}.')
+    evaluated.clear()
+    evaluated[int(state.step)] = one_shot(predictor, state, eval_volumes, config)
+    return flat_dice(evaluated[int(state.step)])
 
-  while step < num_steps:
-    state, metrics = train_step(state, *device_data)
-    step += 1
-    boundary = (step % config.log_every == 0 or step % config.eval_every == 0
-                or step % config.checkpoint_every == 0 or step in (num_steps, first_step, stop_at))
-    if not boundary:
-      if bool(metrics['nonfinite']):  # Every step is checked, so the error names the right one.
-        check(step, metrics)
-      continue
-    metrics = check(step, metrics)
-    if step == first_step:
-      progress.restart_clock(step)
-    if step % config.log_every == 0 or step == num_steps:
-      writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
-      log.info(progress.line(step, metrics) + f" | query Dice {metrics['query_dice']:.3f}")
-    if step % config.eval_every == 0 and step != num_steps:
-      result = evaluate(predictor, state, eval_volumes, config)
-      writer.write_scalars(step, {f'eval/dice_{k}': v for k, v in result['dice'].items()}
-                           | {'eval/mean_dice': result['mean_dice']})
-      meta['history'].append({'step': step, 'mean_dice': result['mean_dice']})
-      log.info('step %d | 1-shot Dice %s | mean %.4f', step,
-               ' '.join(f'{k} {v:.4f}' for k, v in result['dice'].items()), result['mean_dice'])
-    if step % config.checkpoint_every == 0 or step in (num_steps, stop_at):
-      ckpt.save(state, meta, force=True)
-    if step == stop_at and step < num_steps:
-      ckpt.wait()
-      writer.close()
-      log.info('Stopped at step %d (stop_at_step) with a checkpoint; re-run to resume.', step)
-      return {'status': 'stopped', 'steps': step}
-  ckpt.wait()
+  def record(meta: dict, step: int, val: dict) -> None:
+    meta['history'] = meta['history'] + [{'step': step, 'mean_dice': val['mean_dice']}]
 
-  result = evaluate(predictor, state, eval_volumes, config)
-  writer.write_scalars(num_steps, {f'test/dice_{k}': v for k, v in result['dice'].items()}
-                       | {'test/mean_dice': result['mean_dice']})
-  writer.close()
-  ckpt.close()
-  results = {'task': 'cowpro', 'method': 'cowpro', 'dataset': config.data.name, 'steps': num_steps,
-             'mean_dice': result['mean_dice'],
-             'test': {'dice': result['dice'], 'mean_dice': result['mean_dice']},
-             'dice_per_scan': result['dice_per_scan'], 'eval_history': meta['history'],
-             'protocol': {'support_index': int(config.eval.support_index),
-                          'npart': int(config.eval.npart),
-                          'quadrant_masking': bool(config.eval.quadrant_masking)}}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w', encoding='utf-8') as f:
-      json.dump(results, f, indent=2)
-  log.info('1-shot Dice on the evaluation scans: %s | mean %.4f',
-           ' '.join(f'{k} {v:.4f}' for k, v in result['dice'].items()), result['mean_dice'])
-  return results
+  def final(state, meta: dict) -> run_lib.Outcome:
+    result = evaluated.get(int(state.step)) or one_shot(predictor, state, eval_volumes, config)
+    results = {'task': 'cowpro', 'method': 'cowpro', 'dataset': config.data.name, 'steps': num_steps,
+               'mean_dice': result['mean_dice'],
+               'test': {'dice': result['dice'], 'mean_dice': result['mean_dice']},
+               'dice_per_scan': result['dice_per_scan'], 'eval_history': meta['history'],
+               'protocol': {'support_index': int(config.eval.support_index),
+                            'npart': int(config.eval.npart),
+                            'quadrant_masking': bool(config.eval.quadrant_masking)}}
+    return run_lib.Outcome(results, flat_dice(result),
+                           [f'1-shot Dice on the evaluation scans: {_dice_text(flat_dice(result))}'])
+
+  return run_lib.Task(
+      identity=config_identity(config), init_state=init_state, host_batch=None,
+      device_batch=lambda step: data, train_step=make_train_step(model, config, schedule, mesh),
+      evaluate=evaluate, describe=describe, final=final,
+      loss_terms=(run_lib.LossTerm('reg', 'loss_reg'), run_lib.LossTerm('ssl', 'loss_ssl')),
+      shown_metrics=(('query Dice', 'query_dice', '.3f'),),
+      meta={'history': [], 'init_from': init_from}, on_resume=on_resume, record=record)
+
+
+def task_mesh(batch_size: int) -> Mesh:
+  """:func:`run.make_mesh` (every device) when the devices can share ``batch_size`` episodes equally
+  or with several processes (:func:`run.check_divisible` then names the problem); else the most of
+  this process's devices that can (one for the thesis' batch of 1), with a warning."""
+  devices = jax.devices()
+  if jax.process_count() > 1 or batch_size < 1 or batch_size % len(devices) == 0:
+    return make_mesh()
+  count = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+  log.warning('`batch_size`=%d episodes cannot be shared equally by %d devices: training on %d of '
+              'them.', batch_size, len(devices), count)
+  return Mesh(np.array(devices[:count]), (AXIS,))
+
+
+def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains CoWPro self-supervised, evaluates it 1-shot; returns (and writes) the results dict.
+
+  Args:
+    config: see ``configs/cowpro.py``.
+    workdir: output directory; an existing checkpoint there is resumed.
+
+  Returns:
+    ``{'task', 'method', 'dataset', 'steps', 'mean_dice', 'test': {'dice', 'mean_dice'},
+    'dice_per_scan', 'eval_history', 'protocol'}`` (``eval_history``: ``{'step', 'mean_dice'}`` of
+    every validation, the last step's included), or ``{'status': 'stopped', 'steps'}`` when stopped
+    early (``stop_at_step``, SIGTERM / SIGINT).
+
+  Raises:
+    ValueError: a bad config or data, or a checkpoint of a different config.
+    NonFiniteLossError: a non-finite loss or gradient (``nonfinite='stop'``).
+  """
+  run_lib.check_run_control(config)
+  return run_lib.run(config, workdir, functools.partial(cowpro_task, workdir=workdir),
+                     task_mesh(int(config.batch_size)))
+
+
+__all__ = ['cowpro_task', 'load_volumes', 'train_cowpro']

@@ -218,6 +218,7 @@ class Task:
       replicates it over the mesh.
     host_batch: ``host_batch(step) -> {name: np.ndarray}``, this process's rows of the global batch
       of ``step`` (a pure function of the seed and ``step``); :func:`run` shards it over the mesh.
+      None for a task with a :attr:`device_batch`.
     train_step: the jitted ``(state, batch) -> (state, metrics)``; ``metrics`` are device scalars
       with ``'loss'`` and ``'nonfinite'`` (1: the update was not applied), plus the loss terms.
     evaluate: ``evaluate(state, split) -> {name: float}`` for ``split`` 'val' (every ``eval_every``
@@ -233,6 +234,12 @@ class Task:
     shown_metrics: ``(label, key, format)`` of further step metrics on the progress line.
     meta: the task's own checkpoint ``meta`` entries (JSON), saved with every checkpoint.
     on_resume: ``on_resume(saved_meta) -> dict`` of those entries to continue with; may log.
+    device_batch: ``device_batch(step) -> pytree of global arrays``, the step's batch already on the
+      mesh, used instead of :attr:`host_batch` by a task whose examples are synthesised on device
+      (CoWPro: its pseudo-masks, device-resident, from which ``train_step`` draws the episodes of
+      ``state.step``).
+    record: ``record(meta, step, val)`` after each evaluation ``val`` of ``step``: updates the
+      task's own :attr:`meta` entries (e.g. an evaluation history), saved with the next checkpoint.
   """
   identity: dict
   init_state: Callable[[Checkpointer], Any]
@@ -247,6 +254,8 @@ class Task:
   shown_metrics: Sequence[tuple] = ()
   meta: dict = dataclasses.field(default_factory=dict)
   on_resume: Optional[Callable[[dict], dict]] = None
+  device_batch: Optional[Callable[[int], Any]] = None
+  record: Optional[Callable[[dict, int, dict], None]] = None
 
   def is_better(self, metrics: dict, best: Optional[dict]) -> bool:
     """Whether ``metrics`` improves on ``best`` (None: nothing yet) by :attr:`metric`."""
@@ -345,6 +354,8 @@ def run(config, workdir: str, build_task: Callable[[Any, Mesh], Task], mesh: Mes
   def validate(step_done: int) -> None:
     val = task.evaluate(state, "val")
     writer.write_scalars(step_done, {f"val/{k}": v for k, v in val.items()})
+    if task.record is not None:
+      task.record(meta, step_done, val)
     improved = best is not None and task.is_better(val, meta["val_best"])
     if improved:
       meta["best_step"], meta["val_best"] = step_done, val
@@ -368,7 +379,9 @@ def run(config, workdir: str, build_task: Callable[[Any, Mesh], Task], mesh: Mes
     progress.compiling()
   with PreemptionFlag() as preemption:
     while step < num_steps:
-      state, metrics = task.train_step(state, shard_batch(task.host_batch(step), mesh))
+      batch = (task.device_batch(step) if task.device_batch is not None
+               else shard_batch(task.host_batch(step), mesh))
+      state, metrics = task.train_step(state, batch)
       step += 1
       if pending is not None:  # Read the previous step's metrics while this one runs.
         check(*pending)
