@@ -57,6 +57,6 @@ def _no_system_data(request, monkeypatch, tmp_path_factory):
   ``dataset-fashion-mnist`` in /usr/share/datasets) is out of reach unless a test is marked
   ``real_data``, so a test that needs it fails on every machine, not only on a new one."""
   if request.node.get_closest_marker('real_data') is None:
-    from contrastive_jax.data.sources import idx  # pylint: disable=import-outside-toplevel
+    # An environment variable, not a patched module global: launcher subprocesses inherit it.
     missing = tmp_path_factory.getbasetemp() / 'no-system-datasets' / 'fashion-mnist'
-    monkeypatch.setattr(idx, 'DEFAULT_ROOT', str(missing))
+    monkeypatch.setenv('CONTRASTIVE_JAX_FASHION_MNIST', str(missing))

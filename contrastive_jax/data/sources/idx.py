@@ -28,8 +28,17 @@ import numpy as np
 from contrastive_jax.data.demo import Dataset
 from contrastive_jax.data.sources import base
 
-DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
+# Where Debian's dataset-fashion-mnist package puts the files; the environment variable
+# CONTRASTIVE_JAX_FASHION_MNIST names another folder (read at each call, see `default_root`).
+DEBIAN_ROOT = '/usr/share/datasets/fashion-mnist'
+ROOT_ENV = 'CONTRASTIVE_JAX_FASHION_MNIST'
 TARGETS = ('angle', 'class')
+
+
+def default_root() -> str:
+  """The Fashion-MNIST folder used when none is given: ``$CONTRASTIVE_JAX_FASHION_MNIST`` if set,
+  else :data:`DEBIAN_ROOT`."""
+  return os.environ.get(ROOT_ENV) or DEBIAN_ROOT
 
 _IDX_TYPES = {0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
               0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
@@ -121,7 +130,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, *, seed: int = 0,
 
   Args:
     root: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``; default (None)
-      :data:`DEFAULT_ROOT`, read when called.
+      :func:`default_root` (``$CONTRASTIVE_JAX_FASHION_MNIST`` or Debian's folder).
     seed: selects the validation images and (``target='angle'``) the rotation angles.
     target: ``'angle'`` (rotation angle in degrees) or ``'class'`` (class index).
     max_angle: angles are uniform in ``[-max_angle, max_angle]``.
@@ -139,7 +148,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, *, seed: int = 0,
   max_angle = float(max_angle)
   if not np.isfinite(max_angle) or max_angle < 0:
     raise ValueError(f'max_angle must be a finite number >= 0, got {max_angle}.')
-  root = base.require_dir(DEFAULT_ROOT if root is None else root,
+  root = base.require_dir(default_root() if root is None else root,
                           'Fashion-MNIST folder (Debian: apt-get install dataset-fashion-mnist)')
   train_x, train_y = _read_pair(root, 'train')
   test_x, test_y = _read_pair(root, 'test')
