@@ -87,8 +87,6 @@ def get_config(variant: str = "digits_angle"):
       config.data.augment = ml_collections.ConfigDict(dict(scale=(0.2, 1.0), blur_prob=0.0))
     config.batch_size = 64                      # README: --batch_size 64
     config.optim.lr = 2.5e-4                    # README: --lr 0.00025
-    steps_per_epoch = recipes.DIR_TRAIN_SIZES[variant] // config.batch_size  # drop_last=True
-    config.num_train_steps = 90 * steps_per_epoch                     # README: --epoch 90
-    config.eval_every = steps_per_epoch         # validation every epoch (train.py:254)
-    config.checkpoint_every = steps_per_epoch
+    # README: --epoch 90 (drop_last=True); validation every epoch (train.py:254).
+    recipes.epochs(config, recipes.DIR_TRAIN_SIZES[variant], 90)
   return config

@@ -107,8 +107,9 @@ def _echonet(config):
   config.optim.lr = 1e-4         #  and momentum of 0.9"
   config.optim.momentum = 0.9
   config.optim.weight_decay = 1e-4  # EchoNet-Dynamic's reference code (Ouyang et al. 2020)
-  steps_per_epoch = 7465 // 20   # the release's 7,465 training videos
-  config.num_train_steps = 45 * steps_per_epoch  # "over 45 epochs,
+  # "over 45 epochs" of the release's 7,465 training videos; "use the validation set to choose the
+  # best trained model over all epochs": validation and checkpoints every epoch.
+  recipes.epochs(config, 7465, 45)
   config.optim.schedule = "step"                 #  with decay of factor 0.1 every 15 epochs"
   config.optim.decay_boundaries = (1 / 3, 2 / 3)
   config.optim.decay_factor = 0.1
@@ -116,8 +117,6 @@ def _echonet(config):
   config.eval.clip_mode = "first"  # validation/test: the first clip (EchoNet's evaluation clip)
   config.eval_batch_size = 20
   config.log_every = 50
-  config.eval_every = steps_per_epoch  # "use the validation set to choose the best trained model
-  config.checkpoint_every = steps_per_epoch  #  over all epochs"
   return config
 
 

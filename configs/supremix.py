@@ -80,13 +80,9 @@ def get_config(variant: str = "digits_angle"):
     config.optim.decay_boundaries = (80 / 100,)
     config.optim.decay_factor = 0.1
     config.optim.warmup_steps = 0
-    steps_per_epoch = recipes.DIR_TRAIN_SIZES["agedb"] // config.batch_size  # 95 (drop_last=True)
-    config.num_train_steps = 100 * steps_per_epoch                   # `--epoch 100`
-    config.eval_every = 10 * steps_per_epoch
-    config.checkpoint_every = 10 * steps_per_epoch
+    # `--epoch 100`: 95 steps an epoch (drop_last=True).
+    recipes.epochs(config, recipes.DIR_TRAIN_SIZES["agedb"], 100, eval_epochs=10)
     # Two stages: the encoder by L_SupReMix alone, then a linear regressor on the frozen backbone
     # features (train_linear.py), here the ridge probe.
-    config.loss.gamma_reg = 0.0
-    config.loss.gamma_con = 1.0
-    config.eval_with = "ridge"
+    recipes.self_supervised(config, probe="ridge")
   return config

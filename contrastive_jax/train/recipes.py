@@ -47,17 +47,29 @@ def bundled(c: ml_collections.ConfigDict, variant: str = "digits_angle") -> ml_c
   return c
 
 
-def self_supervised(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def self_supervised(config: ml_collections.ConfigDict, probe: str = "knn") -> ml_collections.ConfigDict:
   """Turns a config into label-free pretraining scored by probes of the frozen embeddings.
 
   The contrastive loss alone trains the encoder (``gamma_reg = 0``: the regression branch is not
-  trained); validation (model selection) and test use kNN regression on the embeddings of the
-  training split, and ``results.json`` reports the ridge linear probe too (thesis Ch. 5: kNN for small
-  scale, linear probe for large scale).
+  trained); validation (model selection) and test use the ``probe`` of the embeddings of the
+  training split: 'knn' (kNN regression; ``results.json`` reports the ridge linear probe too: thesis
+  Ch. 5, kNN for small scale, linear probe for large scale) or 'ridge' (the ridge probe standing in
+  for a second, linear-regressor training stage: RNC's and SupReMix's two-stage recipes).
   """
   config.loss.gamma_reg = 0.0
   config.loss.gamma_con = 1.0
-  config.eval_with = "knn"
+  config.eval_with = probe
+  return config
+
+
+def epochs(config: ml_collections.ConfigDict, train_size: int, num_epochs: int,
+           eval_epochs: int = 1) -> ml_collections.ConfigDict:
+  """``num_train_steps`` for ``num_epochs`` of ``train_size // batch_size`` full batches (the
+  official loaders' ``drop_last=True``), validation and checkpoints every ``eval_epochs`` epochs."""
+  steps_per_epoch = train_size // config.batch_size
+  config.num_train_steps = num_epochs * steps_per_epoch
+  config.eval_every = eval_epochs * steps_per_epoch
+  config.checkpoint_every = eval_epochs * steps_per_epoch
   return config
 
 
@@ -109,12 +121,9 @@ def dir_benchmark(config: ml_collections.ConfigDict, dataset: str,
   config.optim.decay_boundaries = (60 / 90, 80 / 90)
   config.optim.decay_factor = 0.1
   config.optim.warmup_steps = 0
-  steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
-  config.num_train_steps = 90 * steps_per_epoch
+  epochs(config, DIR_TRAIN_SIZES[dataset], 90)
   config.eval_batch_size = 256
   config.log_every = 50
-  config.eval_every = steps_per_epoch
-  config.checkpoint_every = steps_per_epoch
   return config
 
 
@@ -163,15 +172,10 @@ def rnc_agedb(config: ml_collections.ConfigDict,
   config.optim.schedule = "cosine"
   config.optim.end_factor = 0.1 ** 3            # eta_min = lr * lr_decay_rate ** 3 (utils.py:78)
   config.optim.warmup_steps = 0                 # no warm-up (utils.py:76-81)
-  steps_per_epoch = DIR_TRAIN_SIZES[dataset] // config.batch_size
-  config.num_train_steps = 400 * steps_per_epoch  # `--epochs 400`
-  config.eval_every = 10 * steps_per_epoch
-  config.checkpoint_every = 10 * steps_per_epoch
+  epochs(config, DIR_TRAIN_SIZES[dataset], 400, eval_epochs=10)  # `--epochs 400`
   # Two stages: the encoder by the contrastive loss alone, then a linear regressor on frozen
   # features (Sec. 3 / official `main_linear.py`), here the ridge probe.
-  config.loss.gamma_reg = 0.0
-  config.loss.gamma_con = 1.0
-  config.eval_with = "ridge"
+  self_supervised(config, probe="ridge")
   return config
 
 
