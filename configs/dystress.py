@@ -4,6 +4,8 @@ r"""DySTreSS: NT-Xent with a similarity-dependent temperature (thesis Ch. 6, Eq.
   python -m launch --config=configs/dystress.py:fashion_mnist --workdir=/tmp/dystress_fm  # real data
 Shifted profiles of Alg. 6.1: --config.loss.contrastive.profile=shifted
   --config.loss.contrastive.shift=-0.2 --config.loss.contrastive.scale=0.6 (Table 6.15 settings).
+  At shift 0, 'shifted' is the thesis text's profile (cosine on c <= 0, tau_max on c > 0);
+  profile=shifted_literal is Alg. 6.1 as printed (symmetric at shift 0; equal otherwise).
 Variants: ``digits_angle`` (default), ``diabetes`` (kNN regression); ``fashion_mnist``, ``cifar10``,
 ``imagenet100``, ``imagenet`` (kNN top-1; the shared set-up of ``contrastive_jax.train.recipes.ssl_image``).
 """

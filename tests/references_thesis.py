@@ -115,8 +115,14 @@ def temperature_ref(c, tau_min, tau_max, profile='cosine', shift=0.0, scale=1.0,
   d_tau = tau_max - tau_min
   if profile == 'cosine':  # Eq. 6.16
     return tau_min + 0.5 * (tau_max - tau_min) * (1.0 + math.cos(math.pi * (1.0 + c)))
-  if profile == 'shifted':  # Alg. 6.1
+  if profile == 'shifted_literal':  # Alg. 6.1 as printed
     if (shift <= 0 and c <= -shift) or (shift >= 0 and c >= -shift):
+      return tau_min + d_tau / 2.0 * (1.0 + math.cos(math.pi / scale * (shift + c)))
+    return tau_max
+  if profile == 'shifted':  # Alg. 6.1 as Sec. 6.5.4.1 describes it: at dc = 0 "entirely in the left
+    # half plane", "constant in the right half plane"; a left shift keeps c <= -dc, a right one c >= -dc
+    cosine_side = c <= -shift if shift <= 0 else c >= -shift
+    if cosine_side:
       return tau_min + d_tau / 2.0 * (1.0 + math.cos(math.pi / scale * (shift + c)))
     return tau_max
   if profile == 'linear':

@@ -70,7 +70,8 @@ def assert_close(got, expected, rtol=RTOL, atol=ATOL):
 # (tau_min, tau_max, profile, shift, scale)
 DYSTRESS_SETTINGS = ([(0.07, 0.2, 'cosine', 0.0, 1.0), (0.1, 0.2, 'linear', 0.0, 1.0),
                       (0.1, 0.2, 'exponential', 0.0, 1.0)] +
-                     [(0.1, 0.2, 'shifted', s, k) for s, k in TABLE_6_15])
+                     [(0.1, 0.2, 'shifted', s, k) for s, k in TABLE_6_15] +
+                     [(0.1, 0.2, 'shifted_literal', 0.0, 0.5), (0.1, 0.2, 'shifted_literal', -0.4, 0.7)])
 
 
 def _value_configs():
@@ -158,9 +159,9 @@ SHIFTED_POINTS = {
                  (0.7, 'mid'), (1.0, 'max')],
     (0.4, 0.7): [(-1.0, 'max'), (-0.6, 'max'), (-0.4, 'max'), (-0.05, 'mid'), (0.3, 'min'),
                  (0.65, 'mid'), (1.0, 'max')],
-    # dc = 0: both conditions hold, the cosine branch everywhere (period 2 k_s = 1)
+    # dc = 0 (Sec. 6.5.4.1): the cosine (period 2 k_s = 1) on c <= 0, tau_max on c > 0
     (0.0, 0.5): [(-1.0, 'max'), (-0.75, 'mid'), (-0.5, 'min'), (-0.25, 'mid'), (0.0, 'max'),
-                 (0.25, 'mid'), (0.5, 'min'), (0.75, 'mid'), (1.0, 'max')],
+                 (0.25, 'max'), (0.5, 'max'), (0.75, 'max'), (1.0, 'max')],
     # dc = 1, k_s = 1 is Eq. 6.16: tau_min at 0, tau_max at +-1
     (1.0, 1.0): [(-1.0, 'max'), (-0.5, 'mid'), (0.0, 'min'), (0.5, 'mid'), (1.0, 'max')],
 }
@@ -169,8 +170,8 @@ SHIFTED_POINTS = {
 @functools.lru_cache(maxsize=None)
 def _tau_fn(profile):
   """dystress_temperature jitted with traced parameters (one compilation per profile and shape)."""
-  if profile == 'shifted':
-    return jax.jit(lambda c, lo, hi, s, k, r: dystress_temperature(c, lo, hi, 'shifted', s, k,
+  if profile in ('shifted', 'shifted_literal'):
+    return jax.jit(lambda c, lo, hi, s, k, r: dystress_temperature(c, lo, hi, profile, s, k,
                                                                    rate=r))
   return jax.jit(lambda c, lo, hi, s, k, r: dystress_temperature(c, lo, hi, profile, rate=r))
 
@@ -204,6 +205,28 @@ def test_shifted_profile_closed_form_points(setting, tau_range):
   ref = [RT.temperature_ref(x, tau_min, tau_max, 'shifted', shift, scale) for x in grid]
   np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
   assert got.min() >= tau_min - 1e-7 and got.max() <= tau_max + 1e-7
+
+
+def test_shifted_literal_is_alg_6_1_as_printed():
+  """Issue 13 item 4: at dc = 0 both printed conditions hold, so the literal profile is the cosine
+  everywhere (symmetric); it equals 'shifted' for every other shift."""
+  points = [(-1.0, 'max'), (-0.75, 'mid'), (-0.5, 'min'), (-0.25, 'mid'), (0.0, 'max'),
+            (0.25, 'mid'), (0.5, 'min'), (0.75, 'mid'), (1.0, 'max')]
+  expected = [_level(k, 0.1, 0.2) for _, k in points]
+  np.testing.assert_allclose(_tau([p for p, _ in points], 0.1, 0.2, 'shifted_literal', 0.0, 0.5),
+                             expected, rtol=0, atol=1e-6)
+  grid = np.linspace(-1.0, 1.0, 401).astype(np.float32)
+  for shift, scale in TABLE_6_15:
+    ref = [RT.temperature_ref(x, 0.1, 0.2, 'shifted_literal', shift, scale) for x in grid]
+    np.testing.assert_allclose(_tau(grid, 0.1, 0.2, 'shifted_literal', shift, scale), ref, rtol=0,
+                               atol=1e-6)
+    if shift != 0.0:
+      np.testing.assert_array_equal(_tau(grid, 0.1, 0.2, 'shifted_literal', shift, scale),
+                                    _tau(grid, 0.1, 0.2, 'shifted', shift, scale))
+  # the right half plane at dc = 0: constant tau_max by default, the cosine when literal
+  right = np.float32([0.1, 0.3, 0.5, 0.9])
+  assert np.all(_tau(right, 0.1, 0.2, 'shifted', 0.0, 0.5) == np.float32(0.2))
+  assert np.all(_tau(right, 0.1, 0.2, 'shifted_literal', 0.0, 0.5) < 0.2)
 
 
 def test_cosine_profile_eq_6_16():

@@ -9,11 +9,17 @@ negatives) is a function of that pair's cosine similarity, ``tau_ij = tau(c_ij)`
 Temperature profiles (:func:`dystress_temperature`), ``dtau = tau_max - tau_min``:
   * ``'cosine'`` (Eq. 6.16): ``tau = tau_min + dtau/2 (1 + cos(pi (1 + c)))``; ``tau_max`` at
     ``c = +-1``, ``tau_min`` at ``c = 0``.
-  * ``'shifted'`` (Alg. 6.1; shift ``dc = shift``, scale ``k_s = scale``): if
-    ``(dc <= 0 and c <= -dc) or (dc >= 0 and c >= -dc)`` then
-    ``tau = tau_min + dtau/2 (1 + cos((pi / k_s)(dc + c)))``, else ``tau = tau_max``, exactly as
-    printed. Table 6.15's (shift, scale) settings: (0.0, 0.5), (0.2, 0.6), (0.4, 0.7), (-0.2, 0.6),
-    (-0.4, 0.7) (``tau_max`` at both ends ``c = +-1`` for each); Eq. 6.16 is the case (1, 1).
+  * ``'shifted'`` (Alg. 6.1 as the thesis text and the author's code apply it; shift ``dc = shift``,
+    scale ``k_s = scale``): the cosine branch ``tau = tau_min + dtau/2 (1 + cos((pi / k_s)(dc + c)))``
+    on ``c <= -dc`` when ``dc <= 0`` and on ``c >= -dc`` when ``dc > 0``, else ``tau = tau_max``.
+    Table 6.15's (shift, scale) settings: (0.0, 0.5), (0.2, 0.6), (0.4, 0.7), (-0.2, 0.6),
+    (-0.4, 0.7) (``tau_max`` at both ends ``c = +-1`` for each); Eq. 6.16 is the case (1, 1). At
+    ``dc = 0`` the profile lies "entirely in the left half plane" with "the temperature constant
+    in the right half plane" (Sec. 6.5.4.1, the third shifted-minima version): the cosine on
+    ``c <= 0``, ``tau_max`` on ``c > 0``.
+  * ``'shifted_literal'``: Alg. 6.1 exactly as printed, ``(dc <= 0 and c <= -dc) or (dc >= 0 and
+    c >= -dc)``. It differs from ``'shifted'`` only at ``dc = 0``, where both conditions hold and
+    the cosine branch applies everywhere (a profile symmetric in ``c``).
   * ``'linear'`` (Table 6.13, no formula in the thesis): ``tau = tau_min + dtau |c|``.
   * ``'exponential'`` (Table 6.13, no formula in the thesis):
     ``tau = tau_max - dtau exp(-rate |c|)``: the ``a - b exp(-c * cossim)`` of a comment in the
@@ -30,11 +36,9 @@ Interpretations:
   * The loss is the MEAN over the ``batch * views`` anchors (Eq. 6.1 writes a sum; the author's code
     and SimCLR average). With ``V > 2`` views an anchor's positives are averaged as in
     SimCLR/SupCon; one view (no positive at all) is refused with a ValueError, as in ``simclr``.
-  * Alg. 6.1 with ``shift = 0`` satisfies both conditions, so its cosine branch applies everywhere:
-    Table 6.15's (0.0, 0.5) is the symmetric profile with ``tau_max`` at ``c = -1, 0, 1`` and
-    ``tau_min`` at ``c = +-0.5``; the defaults ``shift = 0, scale = 1`` give ``tau_max`` at
-    ``c = 0`` and ``tau_min`` at ``c = +-1`` (the printed algorithm, not a setting the thesis
-    uses).
+  * Table 6.15's (0.0, 0.5) is, with ``'shifted'``, ``tau_max`` at ``c = -1, 0`` and on ``c > 0``,
+    ``tau_min`` at ``c = -0.5``; with ``'shifted_literal'`` the symmetric profile with ``tau_max`` at
+    ``c = -1, 0, 1`` and ``tau_min`` at ``c = +-0.5``.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ from contrastive_jax import pairwise
 from contrastive_jax.losses.supcon import softmax_loss
 from contrastive_jax.losses.supcon import unit_rows
 
-PROFILES = ("cosine", "shifted", "linear", "exponential")
+PROFILES = ("cosine", "shifted", "shifted_literal", "linear", "exponential")
+SHIFTED_PROFILES = ("shifted", "shifted_literal")
 
 
 def _check_profile_args(tau_min, tau_max, profile, shift, scale, rate):
@@ -65,7 +70,7 @@ def _check_profile_args(tau_min, tau_max, profile, shift, scale, rate):
   if lo is not None and hi is not None and lo > hi:
     raise ValueError(f"`tau_min` must be <= `tau_max`; got tau_min={tau_min!r}, "
                      f"tau_max={tau_max!r}.")
-  if profile == "shifted":
+  if profile in SHIFTED_PROFILES:
     _checks.check_positive(scale, "scale")
     s = _checks.concrete(shift)
     if s is not None and (s.ndim != 0 or not np.isfinite(s)):
@@ -74,17 +79,21 @@ def _check_profile_args(tau_min, tau_max, profile, shift, scale, rate):
     for name, value, default in (("shift", shift, 0.0), ("scale", scale, 1.0)):
       v = _checks.concrete(value)
       if v is None or v.ndim != 0 or v != default:
-        raise ValueError(f"`{name}` is a parameter of profile='shifted' (Alg. 6.1) only; got "
+        raise ValueError(f"`{name}` is a parameter of the shifted profiles (Alg. 6.1) only; got "
                          f"{name}={value!r} with profile={profile!r}.")
   if profile == "exponential":
     _checks.check_positive(rate, "rate")
 
 
-def _shifted(c, tau_min, tau_max, shift, scale):
-  """Alg. 6.1 as printed (``shift`` may be a tracer: the branch is a ``where``)."""
+def _shifted(c, tau_min, tau_max, shift, scale, literal: bool):
+  """Alg. 6.1 (``literal``: as printed; else as the thesis text applies it at ``shift = 0``, see the
+  module docstring). ``shift`` may be a tracer: the branch is a ``where``."""
   wave = jnp.cos((math.pi / scale) * (shift + c))
   cos_branch = tau_min + 0.5 * (tau_max - tau_min) * (1.0 + wave)
-  use_cos = ((shift <= 0) & (c <= -shift)) | ((shift >= 0) & (c >= -shift))
+  if literal:
+    use_cos = ((shift <= 0) & (c <= -shift)) | ((shift >= 0) & (c >= -shift))
+  else:
+    use_cos = jnp.where(shift <= 0, c <= -shift, c >= -shift)
   return jnp.where(use_cos, cos_branch, jnp.asarray(tau_max, c.dtype))
 
 
@@ -101,10 +110,11 @@ def dystress_temperature(similarity, tau_min, tau_max, profile: str = "cosine", 
     similarity: cosine similarities ``c``.
     tau_min: the profile's minimum temperature (> 0).
     tau_max: its maximum (>= tau_min).
-    profile: ``'cosine'`` (Eq. 6.16), ``'shifted'`` (Alg. 6.1), ``'linear'`` or ``'exponential'``
-      (Table 6.13, formulas interpreted; see the module docstring).
-    shift: ``dc`` of Alg. 6.1 (profile ``'shifted'`` only).
-    scale: ``k_s`` of Alg. 6.1 (> 0; profile ``'shifted'`` only).
+    profile: ``'cosine'`` (Eq. 6.16), ``'shifted'`` (Alg. 6.1 as the thesis applies it),
+      ``'shifted_literal'`` (Alg. 6.1 as printed), ``'linear'`` or ``'exponential'`` (Table 6.13,
+      formulas interpreted; see the module docstring).
+    shift: ``dc`` of Alg. 6.1 (the shifted profiles only).
+    scale: ``k_s`` of Alg. 6.1 (> 0; the shifted profiles only).
     rate: decay rate of the ``'exponential'`` profile.
 
   Returns:
@@ -123,8 +133,8 @@ def _profile(similarity, tau_min, tau_max, profile, shift, scale, rate):
   dtau = tau_max - tau_min
   if profile == "cosine":
     tau = tau_min + 0.5 * dtau * (1.0 + jnp.cos(math.pi * (1.0 + c)))
-  elif profile == "shifted":
-    tau = _shifted(c, tau_min, tau_max, shift, scale)
+  elif profile in SHIFTED_PROFILES:
+    tau = _shifted(c, tau_min, tau_max, shift, scale, literal=profile == "shifted_literal")
   elif profile == "linear":
     tau = tau_min + dtau * jnp.abs(c)
   else:
@@ -174,7 +184,7 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
   ordered = None
   if _checks.is_traced(tau_min) or _checks.is_traced(tau_max):
     ordered = jnp.all(jnp.asarray(tau_min) <= jnp.asarray(tau_max))
-  shifted = profile == "shifted"
+  shifted = profile in SHIFTED_PROFILES
   return _checks.nan_unless_valid(
       loss, axis_name, finite=(features, shift if shifted else None),
       positive=(tau_min, tau_max, scale if shifted else None,
