@@ -1,8 +1,8 @@
 """RankSim: ranking similarity regularizer for deep imbalanced regression (Gong et al., ICML 2022).
 
 One representative row per unique label is drawn at random (official: only when the batch has repeated
-labels; with all labels unique every row is its own representative, so the two agree). Over the
-representatives ``R`` (``n = |R|``), with ``c_ij`` the cosine similarity of their features:
+labels; with all labels unique every row is its own representative). Over the representatives ``R``
+(``n = |R|``), with ``c_ij`` the cosine similarity of their features:
 
     L = sum_{i in R}  (1/n) sum_{j in R} ( rank(c_i)_j - rank(-|y_i - y|)_j )^2
 
@@ -24,12 +24,15 @@ and ``agedb-dir/ranking.py`` (``rank``, ``rank_normalised``, ``TrueRanker``). De
   BATCH-GLOBAL: with ``axis_name`` the labels and features are all-gathered and every device draws the
   same ``u`` for the whole global batch from the replicated ``key``, so sharded == dense. Use a fresh
   key per step. :func:`ranksim_representatives` exposes the choice.
-* Order and ties. The representatives are taken in ascending label order (the official
-  ``torch.unique`` order). Ties are broken as a stable ``argsort`` breaks them in the official
-  ``rank = argsort(argsort(v).flip(1))``: of two equal values the LATER one (in ascending-label order)
-  gets the smaller rank. Ties occur in the label ranks when two representatives are equally far from
-  the anchor on both sides (torch's default argsort does not promise stability, so the official tie
-  order is unspecified there).
+* Order and ties. The representatives are always taken in ascending label order (the official
+  ``torch.unique`` order when labels repeat). With all labels unique the official code skips
+  ``torch.unique`` and keeps the BATCH order, so the two agree only where no ties occur: ties are
+  broken by position (as a stable ``argsort`` breaks them in the official
+  ``rank = argsort(argsort(v).flip(1))``: of two equal values the LATER one gets the smaller rank),
+  and the positions differ. Ties occur in the label ranks when two representatives are equally far
+  from the anchor on both sides: labels ``[1, 2, 0]`` with features ``[[1, 0], [0, 1], [0.6, -0.8]]``
+  give 0.0741 here and 0.0 in the official code (anchor 1 is equally far from 0 and 2). Torch's default
+  argsort does not promise stability, so the official tie order is unspecified there anyway.
 * The official backward divides by ``lambda + 1e-8``; we divide by ``lambda`` (a 5e-9 relative change).
 * Blackbox gradients are NOT linear in the cotangent: the loss weight (and anything else that scales
   the gradient reaching the ranks, e.g. dividing by the device count) changes the perturbation
