@@ -32,6 +32,9 @@ experiments on your copy of the data (paths via `--config.data.root=`):
   R(2+1)D-18, 32-frame clips (every 2nd frame, 112 x 112), batch 20, 45 epochs (16,785 steps):
   the paper reports ~12 hours on three V100 GPUs.
 
+phi (the margin's label CDF) is Eq. 5's ECDF of the training labels; the official code's bucketed
+mid-rank phi is ``contrastive_jax.losses.fit_ecdf(train_labels, bucket=0.05)`` (library only).
+
 Initialisation: the paper starts from ImageNet (BMD) / Kinetics-400 (EchoNet) weights; the configs
 start from random weights unless given torchvision's checkpoint, e.g.
 ``--config.model.init_from=/weights/efficientnet_b1.pth`` (``.pth`` or ``.safetensors``, converted
