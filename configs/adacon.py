@@ -32,6 +32,12 @@ experiments on your copy of the data (paths via `--config.data.root=`):
   R(2+1)D-18, 32-frame clips (every 2nd frame, 112 x 112), batch 20, 45 epochs (16,785 steps):
   the paper reports ~12 hours on three V100 GPUs.
 
+Loss balance: the paper tuned gamma_con against L_reg in the label's units ("weighted loss values within
+similar magnitudes"). The paper variants regress normalised targets (the head learns (y - mean) / std)
+but compute L_reg in label units (``loss.reg_units='label'``: L_reg of mean + std * output against y),
+so L1 / MSE / Huber delta and the gamma balance are the paper's; with 'normalized' L1 would shrink by
+1/std and MSE by 1/std^2.
+
 phi (the margin's label CDF) is Eq. 5's ECDF of the training labels; the official code's bucketed
 mid-rank phi is ``contrastive_jax.losses.fit_ecdf(train_labels, bucket=0.05)`` (library only).
 
@@ -72,6 +78,7 @@ def _bmd(config):
   config.model.encoder = "efficientnet_b1"  # "EfficientNet-B1 [70] as our backbone"
   config.loss.reg = "l1"   # "we use L1 loss for supervision" (Table III: the best baseline)
   config.loss.gamma_con = 0.005  # Table IV: gamma_con in {0.0025, 0.005, 0.0075}; 0.005 reported
+  config.loss.reg_units = "label"  # L1 in g/cm^2 as the paper's, so gamma_con keeps its balance
   config.optim.name = "sgd"      # "SGD ... learning rate of 10^-2, momentum of 0.9,
   config.optim.lr = 1e-2         #  and weight decay of 10^-4"
   config.optim.momentum = 0.9
@@ -106,6 +113,7 @@ def _echonet(config):
   config.model.encoder = "r2plus1d_18"  # "R2+1D ResNet [19]" (torchvision r2plus1d_18)
   config.loss.reg = "mse"  # "MSE is used as the regression loss function"
   config.loss.gamma_con = 0.75   # Table XI: 0.50 / 0.75 / 1.00 within noise; 0.75 the best MAE
+  config.loss.reg_units = "label"  # MSE in EF points^2 as the paper's, so gamma_con keeps its balance
   config.optim.name = "sgd"      # "trained with SGD using a learning rate of 10^-4
   config.optim.lr = 1e-4         #  and momentum of 0.9"
   config.optim.momentum = 0.9

@@ -86,6 +86,11 @@ def run_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.reg = "l1"                # L_reg in {l1, mse, huber} (AdaCon Eq. 8)
   c.loss.huber_delta = 1.0
+  # Units of L_reg with `data.normalize_targets`: 'normalized' (the head's target (y - mean) / std;
+  # L1 shrinks by 1/std, MSE by 1/std^2) or 'label' (the head's output mapped back, mean + std *
+  # output, against y: L_reg and huber_delta in the label's units, the balance gamma_reg : gamma_con
+  # a paper tuned; AdaCon Eq. 8 "weighted loss values within similar magnitudes").
+  c.loss.reg_units = "normalized"
   c.loss.reg_kwargs = ml_collections.ConfigDict()  # e.g. focal_beta=0.2, focal_gamma=1.0 (focal-R)
   c.loss.lds = ml_collections.ConfigDict()         # label-distribution smoothing weights (Yang 2021)
   c.loss.lds.enabled = False

@@ -25,6 +25,9 @@ AXIS = "batch"
 DROPOUT_TAG = 0x0D0  # folded into a step's key to derive its 'dropout' PRNG stream
 
 
+# `loss.reg_units`: L_reg of the normalised target or in the label's units (defaults.py).
+REG_UNITS = ("normalized", "label")
+
 def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.Array:
   """One PRNG key per sample, folded from its global index: the same on any device layout."""
   first = jax.lax.axis_index(axis_name) * batch_size
@@ -150,6 +153,9 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   loss_kwargs = {**objectives.loss_kwargs(method, loss_cfg), **(prepared or {})}
   feature_key = loss_cfg.get("features", "projection")
   reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
+  reg_units = loss_cfg.get("reg_units", "normalized")
+  if reg_units not in REG_UNITS:
+    raise ValueError(f"Unknown `loss.reg_units`={reg_units!r}; expected one of {REG_UNITS}.")
   micro_batch = config.get("micro_batch", None)
   if micro_batch is not None and (isinstance(micro_batch, bool) or int(micro_batch) < 1):
     raise ValueError(f"`micro_batch`={micro_batch!r} must be None or a positive number of rows.")
@@ -171,14 +177,17 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     if micro_batch is not None and (b * views) % micro_batch:
       raise ValueError(f"`micro_batch`={micro_batch} must divide the {b * views} rows (local batch "
                        f"{b} x {views} views) each device encodes per step.")
-    targets = jnp.repeat(batch["y_norm"], views)
+    targets = jnp.repeat(batch["y_norm"] if reg_units == "normalized" else batch["y"], views)
 
     weights = jnp.repeat(batch["weight"], views) if "weight" in batch else None
 
     def objective(out):
       """``gamma_reg L_reg + gamma_con L_con`` (AdaCon Eq. 8) of the model outputs of all views."""
+      pred = out["prediction"]
+      if reg_units == "label":  # L_reg of mean + std * output against y, in label units
+        pred = pred * target_std + target_mean
       loss_reg = jax.lax.pmean(
-          regression_loss(out["prediction"], targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
+          regression_loss(pred, targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
                           weights, **reg_kwargs), AXIS)
       features = out[feature_key].reshape(b, views, -1)
       preds = jax.lax.stop_gradient(out["prediction"]).reshape(b, views)
