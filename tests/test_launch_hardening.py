@@ -160,16 +160,14 @@ def test_check_run_control_accepts_defaults_and_zero_lr():
   run_checks.check_run_control(config)
 
 
-@pytest.mark.parametrize("trainer", ["loop:train_and_evaluate", "pretext:train_pretext",
-                                     "cowpro:train_cowpro"])
-def test_trainers_refuse_bad_run_control_first(tmp_path, trainer):
+@pytest.mark.parametrize("task", sorted(launcher.TASKS))
+def test_trainers_refuse_bad_run_control_first(tmp_path, task):
   """Called from Python too, every trainer refuses before reading data or creating the workdir."""
   import importlib  # pylint: disable=g-import-not-at-top
-  module, _, name = trainer.partition(":")
-  train = getattr(importlib.import_module(f"contrastive_jax.train.{module}"), name)
-  config = {"loop": lambda: base_config("diabetes"),
-            "pretext": lambda: importlib.import_module("configs.jigsaw").get_config(),
-            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[module]()
+  train = launcher._trainer(task)  # pylint: disable=protected-access
+  config = {"regression": lambda: base_config("diabetes"),
+            "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
+            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[task]()
   config.checkpoint_every = 0
   with pytest.raises(ValueError, match="`checkpoint_every`"):
     train(config, str(tmp_path / "run"))

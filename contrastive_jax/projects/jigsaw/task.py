@@ -33,8 +33,8 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax.data import eval_batches
 from contrastive_jax.data import load_dataset
 from contrastive_jax.data import train_batch
-from contrastive_jax.data import jigsaw as jigsaw_data
-from contrastive_jax.models import jigsaw as jigsaw_models
+from contrastive_jax.projects.jigsaw import data as jigsaw_data
+from contrastive_jax.projects.jigsaw import model as jigsaw_models
 from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.optim import decay_mask
 from contrastive_jax.train.optim import exclude_bias_and_norm

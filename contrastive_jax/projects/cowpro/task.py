@@ -4,7 +4,7 @@
 (Sec. 7.4.1.1; cached in ``workdir/superpixels`` or ``config.data.cache_dir``), trains on episodes
 synthesised on device (Sec. 7.4.1.5: support = slice + random superpixel, query = its affine + elastic +
 gamma transform) with ``L_ssl + L_reg`` (Eq. 7.14), evaluates with the 1-shot protocol (3 chunks,
-3-D Dice per query scan; ``contrastive_jax.evaluate.segmentation``) every ``eval_every`` steps and at
+3-D Dice per query scan; ``contrastive_jax.projects.cowpro.segmentation``) every ``eval_every`` steps and at
 the end, and writes ``workdir/results.json``: the :func:`cowpro_task` of the config run by the skeleton
 of ``contrastive_jax.train.run`` (resume, checkpoints, boundaries, the non-finite policy, preemption,
 progress).
@@ -33,10 +33,10 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax.data import cowpro as cowpro_data
-from contrastive_jax.evaluate import segmentation
-from contrastive_jax.losses import cowpro as cowpro_losses
-from contrastive_jax.models import cowpro as cowpro_model
+from contrastive_jax.projects.cowpro import data as cowpro_data
+from contrastive_jax.projects.cowpro import segmentation
+from contrastive_jax.projects.cowpro import losses as cowpro_losses
+from contrastive_jax.projects.cowpro import model as cowpro_model
 from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.optim import make_optimizer

@@ -29,8 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from contrastive_jax.data.jigsaw import divide_slices_index
-from contrastive_jax.data.jigsaw import NUM_PATCHES
+from contrastive_jax.projects.jigsaw.data import divide_slices_index
+from contrastive_jax.projects.jigsaw.data import NUM_PATCHES
 
 ARCHITECTURES = ('sslacl', 'skid')
 
