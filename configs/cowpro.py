@@ -12,7 +12,7 @@ A5000 per the thesis, Sec. 7.5.2):
 
 import ml_collections
 
-from contrastive_jax.data.cowpro import ORGAN_IDS
+from contrastive_jax.projects.cowpro.data import ORGAN_IDS
 
 
 # The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
@@ -25,7 +25,7 @@ def get_config(variant: str = 'synthetic'):
     raise ValueError(f"Unknown cowpro variant {variant!r}; expected 'synthetic' or 'chaos'.")
   chaos = variant == 'chaos'
   config = ml_collections.ConfigDict()
-  config.task = 'cowpro'  # The launcher dispatches to contrastive_jax.train.cowpro.train_cowpro.
+  config.task = 'cowpro'  # The launcher runs contrastive_jax.projects.cowpro.task.train_cowpro.
   config.method = 'cowpro'
   config.seed = 0
 

@@ -19,7 +19,7 @@ def get_config(variant: str = 'sslacl') -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f'Unknown config variant {variant!r}; expected one of {VARIANTS}.')
   c = ml_collections.ConfigDict()
-  c.task = 'jigsaw'                 # the launcher calls contrastive_jax.train.pretext.train_pretext
+  c.task = 'jigsaw'                 # launcher: contrastive_jax.projects.jigsaw.task.train_pretext
   c.method = variant
   c.seed = 0
 

@@ -8,6 +8,7 @@ Importing the package has no side effects. Sub-packages:
 * ``contrastive_jax.data``     bundled demo data, batching, on-device augmentation
 * ``contrastive_jax.train``    TrainState, train step, loop, Orbax checkpointing
 * ``contrastive_jax.evaluate`` regression metrics
+* ``contrastive_jax.projects`` research projects (jigsaw pretext, CoWPro): data, model, task together
 """
 
 import importlib
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 # Imported on first use (PEP 562), so that ``import contrastive_jax.train.defaults`` (every config
 # file) does not import JAX: the launcher reports a bad config or flag in a fraction of a second.
-_SUBPACKAGES = ("data", "evaluate", "losses", "models", "pairwise")
+_SUBPACKAGES = ("data", "evaluate", "losses", "models", "pairwise", "projects")
 
 
 def __getattr__(name):

@@ -42,8 +42,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 # imported only when selected.
 TASKS = {
     "regression": "contrastive_jax.train.loop:train_and_evaluate",
-    "jigsaw": "contrastive_jax.train.pretext:train_pretext",
-    "cowpro": "contrastive_jax.train.cowpro:train_cowpro",
+    "jigsaw": "contrastive_jax.projects.jigsaw.task:train_pretext",
+    "cowpro": "contrastive_jax.projects.cowpro.task:train_cowpro",
 }
 
 

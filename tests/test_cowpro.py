@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive_jax.data import cowpro as cdata
-from contrastive_jax.evaluate import segmentation as seg
-from contrastive_jax.losses import cowpro as closs
-from contrastive_jax.models import cowpro as cmodel
+from contrastive_jax.projects.cowpro import data as cdata
+from contrastive_jax.projects.cowpro import segmentation as seg
+from contrastive_jax.projects.cowpro import losses as closs
+from contrastive_jax.projects.cowpro import model as cmodel
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -356,7 +356,7 @@ def tiny_config(**overrides):
 
 
 def test_end_to_end_tiny_run(tmp_path):
-  from contrastive_jax.train.cowpro import train_cowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro.task import train_cowpro  # pylint: disable=g-import-not-at-top
   results = train_cowpro(tiny_config(), str(tmp_path / 'run'))
   with open(tmp_path / 'run' / 'results.json', encoding='utf-8') as f:
     assert json.load(f) == json.loads(json.dumps(results))
@@ -375,7 +375,7 @@ def test_end_to_end_tiny_run(tmp_path):
 @pytest.mark.slow
 def test_resume_matches_uninterrupted_run_and_refuses_other_config(tmp_path):
   from contrastive_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train.cowpro import train_cowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro.task import train_cowpro  # pylint: disable=g-import-not-at-top
   config = tiny_config(stop_at_step=2, checkpoint_every=1)
   assert train_cowpro(config, str(tmp_path / 'resumed')) == {'status': 'stopped', 'steps': 2}
   config.stop_at_step = -1
@@ -392,7 +392,7 @@ def test_resume_matches_uninterrupted_run_and_refuses_other_config(tmp_path):
 
 @pytest.mark.slow
 def test_non_finite_loss_raises_with_step(tmp_path):
-  from contrastive_jax.train.cowpro import train_cowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro.task import train_cowpro  # pylint: disable=g-import-not-at-top
   from contrastive_jax.train.loop import NonFiniteLossError  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.optim.lr = 1e38
@@ -414,7 +414,7 @@ def _run_with(config, workdir, device_batch):
   """``train_cowpro``'s run with the task's ``device_batch`` replaced by
   ``device_batch(step, real batch of step)``."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train import cowpro as tcowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro import task as tcowpro  # pylint: disable=g-import-not-at-top
   from contrastive_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
 
   def build(cfg, mesh):
@@ -431,7 +431,7 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tmp_path, caplog):
   import logging  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
   from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train.cowpro import train_cowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro.task import train_cowpro  # pylint: disable=g-import-not-at-top
   config = tiny_config(num_train_steps=5, eval_every=2)
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
   expected = train_cowpro(config, straight)
@@ -488,7 +488,7 @@ EIGHT_DEVICE_WORKER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, os.path.join({repo!r}, 'tests'))
     from test_cowpro import tiny_config, _read_metrics
-    from contrastive_jax.train.cowpro import task_mesh, train_cowpro
+    from contrastive_jax.projects.cowpro.task import task_mesh, train_cowpro
     config = tiny_config(batch_size=8, num_train_steps=4, log_every=1, eval_every=2)
     results = train_cowpro(config, sys.argv[1])
     train = [m for m in _read_metrics(sys.argv[1]) if 'train/loss' in m]
@@ -581,7 +581,7 @@ def chaos_config(root):
 
 def test_chaos_scans_are_regrouped_into_volumes(tmp_path):
   from contrastive_jax.data.sources import chaos as chaos_source  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train import cowpro as tcowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro import task as tcowpro  # pylint: disable=g-import-not-at-top
   written = _write_chaos(tmp_path)
   train, val = tcowpro.load_volumes(chaos_config(tmp_path).data)
   train_ids, val_ids, _ = chaos_source.patient_split(sorted(written, key=int), 0)
@@ -603,7 +603,7 @@ def test_chaos_scans_are_regrouped_into_volumes(tmp_path):
 
 @pytest.mark.slow
 def test_chaos_variant_trains_end_to_end(tmp_path):
-  from contrastive_jax.train.cowpro import train_cowpro  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro.task import train_cowpro  # pylint: disable=g-import-not-at-top
   _write_chaos(tmp_path / 'chaos')
   results = train_cowpro(chaos_config(tmp_path / 'chaos'), str(tmp_path / 'run'))
   assert results['dataset'] == 'chaos'

@@ -156,7 +156,7 @@ def test_pth_file_loads_like_safetensors(tmp_path, resnet_variables):
 
 def test_deeplab_backbone_prefix_into_a_cowpro_encoder(tmp_path):
   """CoWPro's encoder from a torchvision segmentation state dict (``backbone.*``, heads dropped)."""
-  from contrastive_jax.models import cowpro as cowpro_model  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro import model as cowpro_model  # pylint: disable=g-import-not-at-top
   state_dict = torch_resnet18_state_dict(seed=2)
   deeplab = {f"backbone.{k}": v for k, v in state_dict.items()}
   deeplab["classifier.4.weight"] = np.zeros((21, 8, 1, 1), np.float32)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from contrastive_jax.data import jigsaw as jd
+from contrastive_jax.projects.jigsaw import data as jd
 from contrastive_jax.evaluate import ensemble
-from contrastive_jax.models import jigsaw as jm
+from contrastive_jax.projects.jigsaw import model as jm
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -552,7 +552,7 @@ def test_config_variants():
 
 def test_train_pretext_learns_checkpoints_and_resumes(tmp_path, perm_cache, compile_cache):
   from contrastive_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train.pretext import train_pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw.task import train_pretext  # pylint: disable=g-import-not-at-top
   config = _tiny_config(perm_cache)
   workdir = str(tmp_path / 'run')
   config.stop_at_step = 6
@@ -582,7 +582,7 @@ def test_train_pretext_learns_checkpoints_and_resumes(tmp_path, perm_cache, comp
 @pytest.mark.slow
 def test_train_pretext_resume_equals_uninterrupted_run(tmp_path, perm_cache, compile_cache):
   from contrastive_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train.pretext import train_pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw.task import train_pretext  # pylint: disable=g-import-not-at-top
   config = _tiny_config(perm_cache)
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   results = train_pretext(config, straight)
@@ -600,7 +600,7 @@ def test_train_pretext_resume_equals_uninterrupted_run(tmp_path, perm_cache, com
 def test_train_pretext_nonfinite_loss_raises_with_step(tmp_path, perm_cache, compile_cache,
                                                         monkeypatch):
   from contrastive_jax.data import demo  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train import pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw import task as pretext  # pylint: disable=g-import-not-at-top
   real = pretext.load_dataset
 
   def poisoned(*args, **kwargs):
@@ -615,7 +615,7 @@ def test_train_pretext_nonfinite_loss_raises_with_step(tmp_path, perm_cache, com
 
 
 def test_train_pretext_bad_config(tmp_path, perm_cache):
-  from contrastive_jax.train.pretext import train_pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw.task import train_pretext  # pylint: disable=g-import-not-at-top
   config = _tiny_config(perm_cache)
   config.jigsaw.crop_size = 9
   with pytest.raises(ValueError, match='crop_size'):
@@ -640,7 +640,7 @@ def test_train_pretext_sigterm_resume_equals_uninterrupted_run(tmp_path, perm_ca
   re-run ends exactly like an uninterrupted run (results and every array of the final state)."""
   import logging  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train import pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw import task as pretext  # pylint: disable=g-import-not-at-top
   from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
   config = _tiny_config(perm_cache)
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
@@ -671,7 +671,7 @@ def test_train_pretext_nonfinite_skip_skips_the_step(tmp_path, perm_cache, compi
   """``nonfinite='skip'``: a NaN batch leaves the state as it was (the step counter moves on) and is
   logged with its step; the run finishes with finite parameters."""
   import logging  # pylint: disable=g-import-not-at-top
-  from contrastive_jax.train import pretext  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw import task as pretext  # pylint: disable=g-import-not-at-top
   from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
   real = pretext.train_batch
 
@@ -708,7 +708,7 @@ EIGHT_DEVICE_WORKER = textwrap.dedent("""
     import jax
     sys.path.insert(0, {repo!r})
     from tests.test_jigsaw import _tiny_config, _read_metrics
-    from contrastive_jax.train.pretext import train_pretext
+    from contrastive_jax.projects.jigsaw.task import train_pretext
     config = _tiny_config(sys.argv[2], steps=6)
     config.eval_every = 3
     # SGD: Adam turns the rounding noise in the (exactly zero) gradient of a conv bias that

@@ -160,20 +160,47 @@ def test_check_run_control_accepts_defaults_and_zero_lr():
   run_checks.check_run_control(config)
 
 
-@pytest.mark.parametrize("trainer", ["loop:train_and_evaluate", "pretext:train_pretext",
-                                     "cowpro:train_cowpro"])
-def test_trainers_refuse_bad_run_control_first(tmp_path, trainer):
+@pytest.mark.parametrize("task", sorted(launcher.TASKS))
+def test_trainers_refuse_bad_run_control_first(tmp_path, task):
   """Called from Python too, every trainer refuses before reading data or creating the workdir."""
   import importlib  # pylint: disable=g-import-not-at-top
-  module, _, name = trainer.partition(":")
-  train = getattr(importlib.import_module(f"contrastive_jax.train.{module}"), name)
-  config = {"loop": lambda: base_config("diabetes"),
-            "pretext": lambda: importlib.import_module("configs.jigsaw").get_config(),
-            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[module]()
+  train = launcher._trainer(task)  # pylint: disable=protected-access
+  config = {"regression": lambda: base_config("diabetes"),
+            "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
+            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[task]()
   config.checkpoint_every = 0
   with pytest.raises(ValueError, match="`checkpoint_every`"):
     train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", sorted(launcher.TASKS))
+def test_every_task_is_a_project_or_the_loop_on_the_run_skeleton(tmp_path, monkeypatch, task):
+  """``launch.TASKS`` names a trainer of ``contrastive_jax/projects/<name>/task.py`` or of
+  ``train/loop.py``; calling it hands a task of its own module to ``train.run.run``, and
+  ``models.MODELS`` builds that task's network."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  from contrastive_jax import models  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  module_name = launcher.TASKS[task].partition(":")[0]
+  assert module_name == "contrastive_jax.train.loop" or (
+      module_name == f"contrastive_jax.projects.{task}.task"), module_name
+  assert task in models.MODELS
+  trainer = launcher._trainer(task)  # pylint: disable=protected-access
+  assert callable(trainer) and trainer.__module__ == module_name
+  module = importlib.import_module(module_name)
+  assert module.run_lib is run_lib
+  calls = []
+  monkeypatch.setattr(run_lib, "run", lambda *args: calls.append(args) or {"steps": 0})
+  config = {"regression": lambda: base_config("diabetes"),
+            "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
+            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[task]()
+  assert trainer(config, str(tmp_path / "run")) == {"steps": 0}
+  (config_arg, workdir, make_task, _), = calls
+  assert config_arg is config and workdir == str(tmp_path / "run")
+  make_task = make_task.func if isinstance(make_task, functools.partial) else make_task
+  assert make_task.__module__ == module_name and make_task.__name__.endswith("_task")
 
 
 def test_finished_results(tmp_path):

@@ -268,6 +268,43 @@ def test_build_model_unknown_encoder_raises():
     models.build_model(_model_config('vit'))
 
 
+def test_build_model_is_the_one_factory_of_every_task():
+  """``build_model(config.model, axis, task=config.task)`` builds the jigsaw and CoWPro nets too,
+  exactly as their own constructors do, with the BatchNorm axis passed on."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.cowpro import model as cowpro_model  # pylint: disable=g-import-not-at-top
+  from contrastive_jax.projects.jigsaw import model as jigsaw_model  # pylint: disable=g-import-not-at-top
+  jigsaw_configs = importlib.import_module('configs.jigsaw')
+  for variant in jigsaw_configs.VARIANTS:
+    c = jigsaw_configs.get_config(variant)
+    m = c.model
+    built = models.build_model(m, 'batch', task=c.task, num_classes=c.jigsaw.num_classes)
+    assert built == jigsaw_model.make_pretext_model(
+        m.arch, c.jigsaw.num_classes, variant=m.variant, width_factor=m.width_factor,
+        use_bn=m.use_bn, skip_scale=m.skip_scale, no_blocks=m.no_blocks, kernel_init=m.kernel_init,
+        branch_conv_impl=m.branch_conv_impl, axis_name='batch'), variant
+  c = importlib.import_module('configs.cowpro').get_config()
+  built = models.build_model(c.model, 'batch', task=c.task)
+  assert built == cowpro_model.CoWPro(
+      encoder=cowpro_model.ConvEncoder(bn_axis_name='batch', **c.model.encoder_kwargs),
+      feature_dim=c.model.feature_dim, in_channels=c.model.in_channels)
+  x = jnp.zeros((2, 32, 32, 1))
+  variables = jax.eval_shape(functools.partial(built.init, train=False), jax.random.key(0), x)
+  out = jax.eval_shape(functools.partial(models.build_model(c.model, task='cowpro').apply,
+                                         train=False), variables, x)
+  chex.assert_shape(out, (2, 8, 8, c.model.feature_dim))
+  assert set(models.MODELS) == {'regression', 'jigsaw', 'cowpro'}
+  regression = models.build_model(_model_config('mlp', hidden_sizes=[4]), task='regression')
+  assert regression == models.build_model(_model_config('mlp', hidden_sizes=[4]))
+
+
+def test_build_model_unknown_task_or_argument_raises():
+  with pytest.raises(ValueError, match=r"task='segment'.*cowpro.*jigsaw.*regression"):
+    models.build_model(_model_config('mlp'), task='segment')
+  with pytest.raises(TypeError, match='num_classes'):
+    models.build_model(_model_config('mlp'), task='jigsaw')
+
+
 def _sync_bn_matches_full_batch():
   """shard_map + bn_axis_name gives the whole-batch BatchNorm statistics."""
   devices = jax.devices()

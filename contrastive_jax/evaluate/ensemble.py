@@ -3,7 +3,7 @@
 For class ``j`` and classifiers ``i = 1..T`` (one per MR plane):
 
 * (3.3) ``f_i^j(x) = (1/S) sum_s f_i^{j,s}(x)``: the mean of ``S = 8`` Monte-Carlo predictions, each
-  from a draw of 16 slices (:func:`contrastive_jax.data.jigsaw.sample_eval_slices`);
+  from a draw of 16 slices (:func:`contrastive_jax.projects.jigsaw.data.sample_eval_slices`);
 * (3.2) ``w_i^j ∝ ln(acc_i^j / (1 - acc_i^j))``, the log-odds of classifier ``i``'s accuracy on
   class ``j``, normalised so that ``w >= 0`` and ``sum_i w_i^j = 1``;
 * (3.1) ``H_j(x) = sum_i w_i^j f_i^j(x)``; (3.4) ``y_j = [H_j(x) > 0.5]``.

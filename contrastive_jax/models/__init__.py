@@ -1,4 +1,8 @@
-"""Flax linen encoders and heads, chosen by name through ``ENCODERS``/``build_model``.
+"""Flax linen encoders and heads, and ``build_model``: the one factory of every network a config names.
+
+``build_model(config.model, axis_name, task=config.task)`` builds the network of a task through its
+builder in ``MODELS``: the regression / contrastive ``ContrastiveRegressor`` (an encoder of
+``ENCODERS`` + heads), the jigsaw pretext nets and the CoWPro net (``contrastive_jax.projects``).
 
 Pretrained torchvision / timm weights load with ``models.torch_weights`` (``load_torch_state_dict``,
 ``convert_resnet``, ``convert_efficientnet``, ``convert_r2plus1d``).
@@ -7,7 +11,8 @@ Pretrained torchvision / timm weights load with ``models.torch_weights`` (``load
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+import importlib
+from typing import Any, Callable
 
 import jax.numpy as jnp
 
@@ -67,9 +72,9 @@ def _to_plain(value: Any) -> Any:
   return value
 
 
-def build_model(model_config: Any, axis_name: str | None = None,
-                input_normalization: tuple | None = None) -> ContrastiveRegressor:
-  """Builds a ContrastiveRegressor from ``config.model``-style fields.
+def build_regressor(model_config: Any, axis_name: str | None = None,
+                    input_normalization: tuple | None = None) -> ContrastiveRegressor:
+  """Builds a ContrastiveRegressor from ``config.model``-style fields (``MODELS['regression']``).
 
   Args:
     model_config: ConfigDict/mapping with ``encoder`` (a key of ENCODERS),
@@ -106,9 +111,44 @@ def build_model(model_config: Any, axis_name: str | None = None,
   )
 
 
+# ``config.task`` -> the builder of its network, ``builder(model_config, axis_name=None, **kwargs)``:
+# a callable, or "module:function" imported on first use (a project's model module imports the
+# library, never the other way round). ``launch.TASKS`` has the same keys.
+MODELS: dict[str, Callable[..., Any] | str] = {
+    'regression': build_regressor,
+    'jigsaw': 'contrastive_jax.projects.jigsaw.model:build',
+    'cowpro': 'contrastive_jax.projects.cowpro.model:build',
+}
+
+
+def build_model(model_config: Any, axis_name: str | None = None, *, task: str = 'regression',
+                **kwargs: Any) -> Any:
+  """The one model factory: the unbound Flax network of ``config.model`` for ``config.task``.
+
+  Args:
+    model_config: the ``config.model`` fields of ``task`` (ConfigDict or mapping).
+    axis_name: mesh axis the BatchNorm statistics are synchronised over (inside ``shard_map``);
+      None: the local batch.
+    task: a key of ``MODELS`` ('regression' (default), 'jigsaw', 'cowpro').
+    **kwargs: what the task's builder needs beyond ``config.model``: 'regression'
+      ``input_normalization`` (see :func:`build_regressor`); 'jigsaw' ``num_classes``
+      (``config.jigsaw.num_classes``); 'cowpro' none.
+
+  Returns:
+    ``ContrastiveRegressor`` ('regression'), ``SSLACLNet`` / ``SKIDNet`` ('jigsaw'), ``CoWPro``.
+  """
+  if task not in MODELS:
+    raise ValueError(f'Unknown task={task!r} for build_model; expected one of {sorted(MODELS)}.')
+  builder = MODELS[task]
+  if isinstance(builder, str):
+    module, _, name = builder.partition(':')
+    builder = getattr(importlib.import_module(module), name)
+  return builder(model_config, axis_name=axis_name, **kwargs)
+
+
 __all__ = [
     'BasicBlock', 'Bottleneck', 'ContrastiveRegressor', 'ENCODERS', 'EfficientNet',
-    'EfficientNetB0', 'EfficientNetB1', 'LinearHead', 'MLPEncoder', 'ProjectionHead',
+    'EfficientNetB0', 'EfficientNetB1', 'LinearHead', 'MLPEncoder', 'MODELS', 'ProjectionHead',
     'R2Plus1D', 'R2Plus1D18', 'ResNet', 'ResNet101', 'ResNet18', 'ResNet34', 'ResNet50',
-    'SmallCNN', 'build_model', 'l2_normalize', 'torch_weights',
+    'SmallCNN', 'build_model', 'build_regressor', 'l2_normalize', 'torch_weights',
 ]

@@ -382,7 +382,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
                dataset.name, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
                dataset.train.x.shape[1:], mesh.size)
 
-  model = models.build_model(config.model, axis_name=AXIS,
+  model = models.build_model(config.model, AXIS, task="regression",
                              input_normalization=model_input_normalization(config, dataset))
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
   augment_fn = make_augment_fn(config, dataset.kind)

@@ -1,4 +1,4 @@
-"""Run-control checks and clean-up shared by the three trainers (``loop``, ``pretext``, ``cowpro``).
+"""Run-control checks and clean-up shared by the trainers (``train.loop``, ``projects.*.task``).
 
 * :func:`check_run_control`: the step counts, intervals and learning rates of a config, refused
   before any data are read (the launcher calls it before importing a trainer, each trainer again at

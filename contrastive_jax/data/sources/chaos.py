@@ -11,7 +11,7 @@ A slice's mask is the PNG with the DICOM's file stem (when no stem matches but t
 files are paired in sorted order). Slices are in sorted file-name order. Mask grey values follow the
 CHAOS convention: liver 63 (55-70), right kidney 126 (110-135), left kidney 189 (175-200), spleen
 252 (240-255), background 0; they are mapped to the organ ids 1..4 of
-``contrastive_jax.data.cowpro.ORGAN_IDS``; any other value is an error naming the file.
+``contrastive_jax.projects.cowpro.data.ORGAN_IDS``; any other value is an error naming the file.
 
 What a ``Split`` holds (a segmentation source, so ``y`` is not a scalar target):
 

@@ -107,6 +107,17 @@ class CoWPro(nn.Module):
     return features.astype(jnp.float32)
 
 
+def build(model_cfg, axis_name: Optional[str] = None) -> CoWPro:
+  """The CoWPro net of ``config.model`` (``models.build_model(..., task='cowpro')``): fields
+  ``encoder`` and ``encoder_kwargs`` (:func:`build_encoder`), ``feature_dim``, ``in_channels``;
+  ``axis_name``: the mesh axis its BatchNorm statistics are synchronised over in training (inside
+  ``shard_map``)."""
+  encoder = build_encoder(model_cfg.encoder, bn_axis_name=axis_name,
+                          **model_cfg.get('encoder_kwargs', {}))
+  return CoWPro(encoder=encoder, feature_dim=model_cfg.get('feature_dim'),
+                in_channels=int(model_cfg.get('in_channels', 1)))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Prototypes and correlation-weighted aggregation (pure functions of one episode).
 

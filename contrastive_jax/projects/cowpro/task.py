@@ -4,7 +4,7 @@
 (Sec. 7.4.1.1; cached in ``workdir/superpixels`` or ``config.data.cache_dir``), trains on episodes
 synthesised on device (Sec. 7.4.1.5: support = slice + random superpixel, query = its affine + elastic +
 gamma transform) with ``L_ssl + L_reg`` (Eq. 7.14), evaluates with the 1-shot protocol (3 chunks,
-3-D Dice per query scan; ``contrastive_jax.evaluate.segmentation``) every ``eval_every`` steps and at
+3-D Dice per query scan; ``contrastive_jax.projects.cowpro.segmentation``) every ``eval_every`` steps and at
 the end, and writes ``workdir/results.json``: the :func:`cowpro_task` of the config run by the skeleton
 of ``contrastive_jax.train.run`` (resume, checkpoints, boundaries, the non-finite policy, preemption,
 progress).
@@ -33,10 +33,11 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax.data import cowpro as cowpro_data
-from contrastive_jax.evaluate import segmentation
-from contrastive_jax.losses import cowpro as cowpro_losses
-from contrastive_jax.models import cowpro as cowpro_model
+from contrastive_jax import models
+from contrastive_jax.projects.cowpro import data as cowpro_data
+from contrastive_jax.projects.cowpro import segmentation
+from contrastive_jax.projects.cowpro import losses as cowpro_losses
+from contrastive_jax.projects.cowpro import model as cowpro_model
 from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.optim import make_optimizer
@@ -113,15 +114,6 @@ def _regroup(split, lengths, ids) -> cowpro_data.Volumes:
 
 # ----------------------------------------------------------------------------------------------------
 # Steps.
-
-def build_model(model_cfg, axis_name=None) -> cowpro_model.CoWPro:
-  """The CoWPro net of ``model_cfg``; ``axis_name``: the mesh axis its BatchNorm statistics are
-  synchronised over in training (inside ``shard_map``)."""
-  encoder = cowpro_model.build_encoder(model_cfg.encoder, bn_axis_name=axis_name,
-                                       **model_cfg.get('encoder_kwargs', {}))
-  return cowpro_model.CoWPro(encoder=encoder, feature_dim=model_cfg.get('feature_dim'),
-                             in_channels=int(model_cfg.get('in_channels', 1)))
-
 
 def _proto_kwargs(cfg) -> dict:
   return dict(window=int(cfg.window), temperature=float(cfg.temperature), scale=float(cfg.scale),
@@ -300,7 +292,7 @@ def cowpro_task(config: ml_collections.ConfigDict, mesh: Mesh, workdir: str = ''
            'scans of %s; %d device(s).', config.data.name, len(pseudo), float(np.mean(pseudo.counts)),
            len(eval_volumes), eval_volumes.images.shape[1:], mesh.size)
 
-  model = build_model(config.model, axis_name=AXIS)
+  model = models.build_model(config.model, AXIS, task='cowpro')
   num_steps = int(config.num_train_steps)
   tx, schedule = make_optimizer(config.optim, num_steps)
   init_from = config.model.get('init_from', '') or ''

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,11 +29,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from contrastive_jax import models
 from contrastive_jax.data import eval_batches
 from contrastive_jax.data import load_dataset
 from contrastive_jax.data import train_batch
-from contrastive_jax.data import jigsaw as jigsaw_data
-from contrastive_jax.models import jigsaw as jigsaw_models
+from contrastive_jax.projects.jigsaw import data as jigsaw_data
+from contrastive_jax.projects.jigsaw import model as jigsaw_models
 from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.optim import decay_mask
 from contrastive_jax.train.optim import exclude_bias_and_norm
@@ -66,16 +66,6 @@ def make_pretext_optimizer(cfg, num_train_steps: int):
     mask = decay_mask if exclude_bias_and_norm(cfg) else None
     return (optax.chain(optax.add_decayed_weights(wd, mask=mask), tx) if wd else tx), schedule
   return make_optimizer(cfg, num_train_steps)
-
-
-def _model_from_config(config, axis_name=None) -> nn.Module:
-  m = config.model
-  return jigsaw_models.make_pretext_model(
-      m.arch, config.jigsaw.num_classes, variant=m.get('variant', 'v3'),
-      width_factor=float(m.get('width_factor', 1.0)), use_bn=bool(m.get('use_bn', True)),
-      skip_scale=float(m.get('skip_scale', 0.25)), no_blocks=bool(m.get('no_blocks', False)),
-      kernel_init=m.get('kernel_init', 'he_normal'),
-      branch_conv_impl=m.get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name)
 
 
 def _check_config(config) -> None:
@@ -118,7 +108,7 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
   max_offset = jig.get('max_crop_offset')
   chance = 1.0 / jig.num_classes
 
-  model = _model_from_config(config, axis_name=AXIS)
+  model = models.build_model(config.model, AXIS, task='jigsaw', num_classes=jig.num_classes)
   num_steps = int(config.num_train_steps)
   tx, schedule = make_pretext_optimizer(config.optim, num_steps)
   counted = {}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from contrastive_jax.models import cowpro as cowpro_model
+from contrastive_jax.projects.cowpro import model as cowpro_model
 
 NORMALIZE = ('weights', 'pixels')
 
@@ -79,7 +79,7 @@ def cyclic_consistency_loss(support_features: jax.Array, support_mask: jax.Array
     threshold: ``zeta`` for both prototype sets of the swapped episode (0.95, Sec. 7.4.1.5).
     class_weights, normalize: as :func:`weighted_cross_entropy`.
     **logit_kwargs: ``window``, ``temperature``, ``scale``, ``renormalize``, ``mask_resize`` of
-      :func:`contrastive_jax.models.cowpro.episode_logits`.
+      :func:`contrastive_jax.projects.cowpro.model.episode_logits`.
   """
   predicted = jax.lax.stop_gradient(cowpro_model.predict_mask(query_logits).astype(jnp.float32))
   support_logits = cowpro_model.episode_logits(
@@ -103,7 +103,7 @@ def cowpro_loss(support_features: jax.Array, support_masks: jax.Array, query_fea
     class_weights, normalize: of ``L_ssl``; ``reg_weight`` (0 switches ``L_reg`` off),
       ``reg_threshold``, ``reg_class_weights``: of ``L_reg``.
     fg_threshold, bg_threshold, window, temperature, scale, renormalize, mask_resize: the prototype
-      pipeline (:func:`contrastive_jax.models.cowpro.episode_logits`).
+      pipeline (:func:`contrastive_jax.projects.cowpro.model.episode_logits`).
 
   Returns:
     ``(loss, aux)`` with ``aux = {'loss_ssl', 'loss_reg', 'logits' [B, H, W, 2]}``.

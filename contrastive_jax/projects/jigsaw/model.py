@@ -29,8 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from contrastive_jax.data.jigsaw import divide_slices_index
-from contrastive_jax.data.jigsaw import NUM_PATCHES
+from contrastive_jax.projects.jigsaw.data import divide_slices_index
+from contrastive_jax.projects.jigsaw.data import NUM_PATCHES
 
 ARCHITECTURES = ('sslacl', 'skid')
 
@@ -526,6 +526,21 @@ def make_pretext_model(arch: str, num_classes: int, *, variant: str = 'v3', widt
   raise ValueError(f'Unknown jigsaw architecture {arch!r}; expected one of {ARCHITECTURES}.')
 
 
+def build(model_cfg, axis_name: Optional[str] = None, *, num_classes: int) -> nn.Module:
+  """The pretext net of ``config.model`` (``models.build_model(..., task='jigsaw')``): fields
+  ``arch``, ``variant``, ``width_factor``, ``use_bn``, ``skip_scale``, ``no_blocks``,
+  ``kernel_init``, ``branch_conv_impl`` of :func:`make_pretext_model`; ``num_classes``: the ``C``
+  permutation classes (``config.jigsaw.num_classes``); ``axis_name`` see :func:`make_pretext_model`."""
+  return make_pretext_model(
+      model_cfg.arch, num_classes, variant=model_cfg.get('variant', 'v3'),
+      width_factor=float(model_cfg.get('width_factor', 1.0)),
+      use_bn=bool(model_cfg.get('use_bn', True)),
+      skip_scale=float(model_cfg.get('skip_scale', 0.25)),
+      no_blocks=bool(model_cfg.get('no_blocks', False)),
+      kernel_init=model_cfg.get('kernel_init', 'he_normal'),
+      branch_conv_impl=model_cfg.get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name)
+
+
 def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
   """Shapes of ``model``'s variables for an input of ``input_shape`` (no FLOPs, no memory)."""
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
@@ -554,6 +569,7 @@ __all__ = [
     'ARCHITECTURES', 'CONV_IMPLS', 'SKID_VARIANTS', 'SSLACL_WIDTHS', 'Branch', 'ConvBN', 'ConvLSTM',
     'ConvLSTMCell', 'ShiftedMatmulConv',
     'DimensionReduction', 'DivideAndTeachClassifier', 'JigsawBranches', 'SKIDDownstream', 'SKIDNet',
-    'SKIDTrunk', 'SSLACLNet', 'SkipBlock', 'abstract_variables', 'concat_branches', 'count_parameters',
+    'SKIDTrunk', 'SSLACLNet', 'SkipBlock', 'abstract_variables', 'build', 'concat_branches',
+    'count_parameters',
     'expected_counts', 'make_pretext_model', 'pretext_parameter_count', 'scale_widths',
 ]
