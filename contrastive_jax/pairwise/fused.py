@@ -73,22 +73,35 @@ def _block(cfg: _Config, a, c, y_a, y_c, idx_a, col_start, phi_a=None, phi_c=Non
   return s, valid, positive
 
 
+def _streamer(cfg: _Config, size: int, *refs):
+  """``load(t)``: the ``t``-th ``size``-row slice of every ref (``None`` stays ``None``).
+
+  On GPU each slice is read from the ref inside the loop (the block streams through on-chip
+  memory). In interpret mode the refs are read whole before the loop and sliced as values: JAX
+  0.10's HLO interpreter carries refs read inside a loop as loop state and loses their
+  ``shard_map`` varying type (a carry type mismatch inside ``shard_map``).
+  """
+  if not cfg.interpret:
+    return lambda t: tuple(None if r is None else r[pl.ds(t * size, size)] for r in refs)
+  values = tuple(None if r is None else r[...] for r in refs)
+  return lambda t: tuple(None if v is None else jax.lax.dynamic_slice_in_dim(v, t * size, size)
+                         for v in values)
+
+
 def _forward_kernel(cfg: _Config, a_ref, c_ref, ya_ref, yc_ref, ia_ref, *refs):
   if cfg.margin:
     pa_ref, pc_ref, lse_ref, sum_ref, count_ref = refs
     phi_a = pa_ref[...]
   else:
-    lse_ref, sum_ref, count_ref = refs
-    phi_a = None
+    (lse_ref, sum_ref, count_ref), pc_ref, phi_a = refs, None, None
   a, y_a, idx_a = a_ref[...], ya_ref[...], ia_ref[...]
   rows, k = a.shape[0], cfg.col_tile
+  load = _streamer(cfg, k, c_ref, yc_ref, pc_ref)
 
   def body(j, carry):
     running_max, total, pos_sum, count = carry
-    cols = pl.ds(j * k, k)
-    phi_c = pc_ref[cols] if cfg.margin else None
-    s, valid, positive = _block(cfg, a, c_ref[cols, :], y_a, yc_ref[cols], idx_a, j * k, phi_a,
-                                phi_c)
+    c, y_c, phi_c = load(j)
+    s, valid, positive = _block(cfg, a, c, y_a, y_c, idx_a, j * k, phi_a, phi_c)
     x = jnp.where(valid, s, -jnp.inf)
     new_max = jnp.maximum(running_max, jnp.max(x, axis=1))
     shift = jnp.where(new_max > -jnp.inf, new_max, 0.0)
@@ -120,17 +133,15 @@ def _anchor_grad_kernel(cfg: _Config, a_ref, c_ref, ya_ref, yc_ref, ia_ref, lse_
     pa_ref, pc_ref, da_ref = refs
     phi_a = pa_ref[...]
   else:
-    (da_ref,) = refs
-    phi_a = None
+    (da_ref,), pc_ref, phi_a = refs, None, None
   a, y_a, idx_a = a_ref[...], ya_ref[...], ia_ref[...]
   lse, ct_lse, ct_sum = lse_ref[...], gl_ref[...], gs_ref[...]
   k = cfg.col_tile
+  load = _streamer(cfg, k, c_ref, yc_ref, pc_ref)
 
   def body(j, d_a):
-    cols = pl.ds(j * k, k)
-    c = c_ref[cols, :]
-    phi_c = pc_ref[cols] if cfg.margin else None
-    s, valid, positive = _block(cfg, a, c, y_a, yc_ref[cols], idx_a, j * k, phi_a, phi_c)
+    c, y_c, phi_c = load(j)
+    s, valid, positive = _block(cfg, a, c, y_a, y_c, idx_a, j * k, phi_a, phi_c)
     g = _score_grad(s, valid, positive, lse, ct_lse, ct_sum)
     return d_a + _dot(g, c, cfg.matmul_dtype)
 
@@ -144,30 +155,34 @@ def _column_grad_kernel(cfg: _Config, c_ref, a_ref, yc_ref, ya_ref, ia_ref, lse_
     pc_ref, pa_ref, dc_ref = refs
     phi_c = pc_ref[...]
   else:
-    (dc_ref,) = refs
-    phi_c = None
+    (dc_ref,), pa_ref, phi_c = refs, None, None
   c, y_c = c_ref[...], yc_ref[...]
   r, k = cfg.row_tile, cfg.col_tile
   col_start = pl.program_id(0) * k
+  load = _streamer(cfg, r, a_ref, ya_ref, ia_ref, lse_ref, gl_ref, gs_ref, pa_ref)
 
   def body(i, d_c):
-    rows = pl.ds(i * r, r)
-    a = a_ref[rows, :]
-    phi_a = pa_ref[rows] if cfg.margin else None
-    s, valid, positive = _block(cfg, a, c, ya_ref[rows], y_c, ia_ref[rows], col_start, phi_a,
-                                phi_c)
-    g = _score_grad(s, valid, positive, lse_ref[rows], gl_ref[rows], gs_ref[rows])
+    a, y_a, idx_a, lse, ct_lse, ct_sum, phi_a = load(i)
+    s, valid, positive = _block(cfg, a, c, y_a, y_c, idx_a, col_start, phi_a, phi_c)
+    g = _score_grad(s, valid, positive, lse, ct_lse, ct_sum)
     return d_c + _dot(g, a, cfg.matmul_dtype, trans_a=True)
 
   d_c = jax.lax.fori_loop(0, a_ref.shape[0] // r, body, jnp.zeros(c.shape, jnp.float32))
   dc_ref[...] = d_c.astype(dc_ref.dtype)
 
 
-def _call(cfg: _Config, kernel, grid, in_specs, out_specs, out_shape, name):
+def _call(cfg: _Config, kernel, grid, in_specs, out_specs, out_shapes, name, inputs):
+  """``pallas_call`` of ``kernel`` on ``inputs``; ``out_shapes``: ``(shape, dtype)`` pairs. Inside
+  ``shard_map`` the inputs and outputs are typed as varying along every axis any input varies on."""
+  axes = blockwise._varying_axes(inputs)  # pylint: disable=protected-access
+  inputs = [blockwise._like_inputs(x, axes) for x in inputs]  # pylint: disable=protected-access
+  manual = getattr(jax.typeof(inputs[0]), "manual_axis_type", None)
+  typed = {} if manual is None else {"manual_axis_type": manual}
+  out_shape = [jax.ShapeDtypeStruct(shape, dtype, **typed) for shape, dtype in out_shapes]
   params = None if cfg.interpret else plgpu.CompilerParams(num_warps=4, num_stages=2)
   return pl.pallas_call(functools.partial(kernel, cfg), grid=grid, in_specs=in_specs,
                         out_specs=out_specs, out_shape=out_shape, compiler_params=params,
-                        interpret=cfg.interpret, name=name)
+                        interpret=cfg.interpret, name=name)(*inputs)
 
 
 def _pad(x, multiple: int, value=None):
@@ -207,9 +222,8 @@ def _forward(cfg: _Config, a, c, y_a, y_c, idx_a, phi_a, phi_c):
   if cfg.margin:
     in_specs += [row_vec, whole(pc[0])]
     inputs += [pa[0], pc[0]]
-  out_shape = [jax.ShapeDtypeStruct((n_pad,), jnp.float32)] * 3
-  stats = _call(cfg, _forward_kernel, (n_pad // r,), in_specs, [row_vec] * 3, out_shape,
-                "supcon_fused_forward")(*inputs)
+  stats = _call(cfg, _forward_kernel, (n_pad // r,), in_specs, [row_vec] * 3,
+                [((n_pad,), jnp.float32)] * 3, "supcon_fused_forward", inputs)
   return tuple(s[:cfg.num_rows] for s in stats)
 
 
@@ -227,9 +241,9 @@ def _backward(cfg: _Config, a, c, y_a, y_c, idx_a, phi_a, phi_c, lse, ct_lse, ct
   if cfg.margin:
     in_specs += [row_vec, whole(pc[0])]
     inputs += [pa[0], pc[0]]
-  d_a = _call(cfg, _anchor_grad_kernel, (a_p.shape[0] // r,), in_specs,
-              pl.BlockSpec((r, a_p.shape[1]), lambda i: (i, 0)),
-              jax.ShapeDtypeStruct(a_p.shape, a.dtype), "supcon_fused_anchor_grad")(*inputs)
+  (d_a,) = _call(cfg, _anchor_grad_kernel, (a_p.shape[0] // r,), in_specs,
+                 [pl.BlockSpec((r, a_p.shape[1]), lambda i: (i, 0))], [(a_p.shape, a.dtype)],
+                 "supcon_fused_anchor_grad", inputs)
 
   in_specs = ([pl.BlockSpec((k, c_p.shape[1]), lambda i: (i, 0)), whole(a_p), col_vec, whole(ya),
                whole(ia)] + [whole(row_stats[0])] * 3)
@@ -237,9 +251,9 @@ def _backward(cfg: _Config, a, c, y_a, y_c, idx_a, phi_a, phi_c, lse, ct_lse, ct
   if cfg.margin:
     in_specs += [col_vec, whole(pa[0])]
     inputs += [pc[0], pa[0]]
-  d_c = _call(cfg, _column_grad_kernel, (c_p.shape[0] // k,), in_specs,
-              pl.BlockSpec((k, c_p.shape[1]), lambda i: (i, 0)),
-              jax.ShapeDtypeStruct(c_p.shape, c.dtype), "supcon_fused_column_grad")(*inputs)
+  (d_c,) = _call(cfg, _column_grad_kernel, (c_p.shape[0] // k,), in_specs,
+                 [pl.BlockSpec((k, c_p.shape[1]), lambda i: (i, 0))], [(c_p.shape, c.dtype)],
+                 "supcon_fused_column_grad", inputs)
   return d_a[:cfg.num_rows, :a.shape[1]], d_c[:cfg.num_cols, :c.shape[1]]
 
 
