@@ -67,6 +67,22 @@ def test_fused_equals_dense_larger(name):
   _check(name, *_inputs(batch=150, views=2, dim=32, seed=1), tiles=((32, 16), (64, 64), (7, 33)))
 
 
+@pytest.mark.slow
+def test_fused_bfloat16_matmul_error_is_like_blockwise():
+  feats, labels, cdf = _inputs()
+  for name in ('supcon', 'adacon'):
+    fn = CASES[name]
+    exact_v, exact_g = _value_and_grad(fn, feats, labels, cdf, impl='dense')
+    errors = {}
+    for impl in ('blockwise', 'fused'):
+      v, g = _value_and_grad(fn, feats, labels, cdf, impl=impl, tile=(4, 5),
+                             matmul_dtype='bfloat16')
+      errors[impl] = (abs(float(v - exact_v)) / abs(float(exact_v)),
+                      float(np.linalg.norm(g - exact_g) / np.linalg.norm(exact_g)))
+    assert errors['fused'][0] < 2e-3 and errors['fused'][1] < 2e-2, (name, errors)
+    assert errors['fused'][1] < 2 * errors['blockwise'][1], (name, errors)
+
+
 def test_auto_never_picks_fused():
   for rows in (8, 1 << 20):
     assert pairwise.blockwise.resolve_impl('auto', rows, rows) in ('dense', 'blockwise')
