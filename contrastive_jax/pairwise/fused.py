@@ -186,7 +186,7 @@ def _call(cfg: _Config, kernel, grid, in_specs, out_specs, out_shapes, name, inp
 
 
 def _pad(x, multiple: int, value=None):
-  """Pads axis 0 (and, for features, nothing else) to a multiple: zeros, or ``value``, or edge."""
+  """Pads axis 0 to a multiple of ``multiple`` with ``value`` (None: the edge values)."""
   extra = (-x.shape[0]) % multiple
   if not extra:
     return x
