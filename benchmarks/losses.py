@@ -3,6 +3,13 @@ r"""Forward+backward time and memory of the contrastive losses, dense vs blockwi
     python benchmarks/losses.py --json /tmp/losses.json            # every loss, both modes
     python benchmarks/losses.py --losses supcon,adacon --modes blockwise --min-log2 15 --max-log2 20
     python benchmarks/losses.py --shard --modes blockwise,ring --sizes 16384   # over all devices
+    python benchmarks/losses.py --losses supcon,adacon,accon --modes dense,blockwise,fused \
+        --sizes 2048,32768,1048576 --reps 3                                    # the Pallas kernel
+
+``--modes fused`` runs ``impl='fused'`` (the Pallas kernel of ``pairwise.fused``: simclr, supcon,
+adacon; other losses record the ValueError as their status) with ``--fused-tile`` (default: the
+library's ``DEFAULT_FUSED_TILE``), not ``--tile``. Off GPU it runs in Pallas interpret mode: its
+times there say nothing about the kernel.
 
 For each loss, mode (``impl``) and number of rows ``M = batch * views`` (two views, ``d = 128``) it
 jit-compiles ``jax.value_and_grad`` of the loss w.r.t. the features, runs it once to warm up, then
@@ -187,6 +194,9 @@ def main(argv=None):
   parser.add_argument("--max-log2", type=int, default=20)
   parser.add_argument("--sizes", default=None, help="explicit comma-separated M values")
   parser.add_argument("--tile", default=None, help="ROWS,COLS of the blockwise tiles")
+  parser.add_argument("--fused-tile", default=None,
+                      help="ROWS,COLS of the impl='fused' kernel's blocks (powers of two >= 16 "
+                           "on GPU)")
   parser.add_argument("--matmul-dtype", default=None, help="e.g. bfloat16")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--max-seconds", type=float, default=60.0,
@@ -205,6 +215,7 @@ def main(argv=None):
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   tile = tuple(int(t) for t in args.tile.split(",")) if args.tile else None
+  fused_tile = tuple(int(t) for t in args.fused_tile.split(",")) if args.fused_tile else None
   rnc_options = {k: v for k, v in (("search_method", args.rnc_search),
                                     ("variant", args.rnc_variant),
                                     ("search_radix_bits", args.rnc_radix_bits)) if v is not None}
@@ -229,8 +240,8 @@ def main(argv=None):
           rows.append({"loss": name, "impl": impl, "M": m, "status": f"skipped ({stop})"})
           continue
         try:
-          row = run_one(name, impl, m, tile, matmul_dtype, args.reps, rates, mesh=mesh,
-                        rnc_options=rnc_options)
+          row = run_one(name, impl, m, fused_tile if impl == "fused" else tile, matmul_dtype,
+                        args.reps, rates, mesh=mesh, rnc_options=rnc_options)
           if row["median_s"] > args.max_seconds:
             stop = f"M={m} took {row['median_s']:.0f} s"
         except Exception as e:  # pylint: disable=broad-except  (OOM is an XlaRuntimeError)
@@ -248,6 +259,7 @@ def main(argv=None):
                  "platform": device.platform, "jax": jax.__version__, "python": platform.python_version(),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "rates": rates,
                  "devices": mesh.size if mesh is not None else 1, "tile": tile,
+                 "fused_tile": fused_tile,
                  "matmul_dtype": args.matmul_dtype, "rnc_options": rnc_options, "rows": rows}, f,
                 indent=1)
 

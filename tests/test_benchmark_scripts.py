@@ -43,3 +43,14 @@ def test_losses_benchmark_sharded_ring(tmp_path):
   assert abs(rows["adacon", "blockwise"]["value"] - rows["adacon", "ring"]["value"]) < 1e-4
   assert rows["adacon", "ring"]["temp_bytes"] < rows["adacon", "blockwise"]["temp_bytes"]
   assert "does not support impl='ring'" in rows["rnc", "ring"]["status"]
+
+
+def test_losses_benchmark_fused_mode(tmp_path):
+  """--modes fused (Pallas interpret mode on CPU): supcon equals dense; accon has no kernel and
+  records the ValueError naming impl as its status."""
+  result, _ = _run(["--losses", "supcon,accon", "--modes", "dense,fused", "--sizes", "128",
+                    "--fused-tile", "32,32"], tmp_path)
+  rows = {(r["loss"], r["impl"]): r for r in result["rows"]}
+  assert rows["supcon", "fused"]["status"] == "ok" and result["fused_tile"] == [32, 32]
+  assert abs(rows["supcon", "dense"]["value"] - rows["supcon", "fused"]["value"]) < 1e-4
+  assert "impl" in rows["accon", "fused"]["status"] and rows["accon", "dense"]["status"] == "ok"

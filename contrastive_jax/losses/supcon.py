@@ -57,6 +57,24 @@ def softmax_loss(logits_fn, params, rows: pairwise.Rows, anchor_aux, column_aux,
   return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
 
 
+def fused_softmax_loss(rows: pairwise.Rows, temperature, anchor_y, column_y, scale,
+                       axis_name: Optional[str], block: pairwise.Blocking,
+                       margins=None) -> jax.Array:
+  """:func:`softmax_loss` for ``impl='fused'``: the statistics of ``cos / tau`` (plus the AdaCon
+  ``margins`` ``(anchor, column)`` of ``2 phi``, if given) from the Pallas kernels of
+  ``pairwise.fused``; positives are equal labels. ``temperature`` must be a scalar."""
+  if callable(temperature):
+    raise ValueError("`impl`='fused' needs a scalar `temperature` (its kernel has no per-pair "
+                     "temperature profile); use 'dense', 'blockwise' or 'ring'.")
+  anchor_margin = column_margin = None
+  if margins is not None:
+    anchor_margin, column_margin = (m / temperature for m in margins)
+  stats = pairwise.fused.softmax_statistics(
+      rows.anchors / temperature, rows.columns, anchor_y, column_y, rows.row_offset, block=block,
+      anchor_margin=anchor_margin, column_margin=column_margin)
+  return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
+
+
 def pair_temperature(temperature, cos: jax.Array):
   """``tau`` as a scalar, or per pair ``temperature(stop_gradient(cos))`` when it is a callable.
 
@@ -124,9 +142,9 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
       cosine similarity (see :func:`pair_temperature`; then ``base_temperature=None``).
     base_temperature: ``tau_base``; the loss is scaled by ``tau / tau_base``.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
-      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
-      ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
+      'auto'), tile shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``;
+      'fused': the Pallas kernel of ``pairwise.fused``, scalar temperatures only).
 
   Returns:
     The float32 scalar loss, the mean over all anchors of the global batch.
@@ -137,9 +155,12 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
-  profile, params = split_temperature(temperature)
-  logits_fn = functools.partial(_label_logits, profile, block.matmul_dtype)
-  loss = softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
+  if block.impl == "fused":
+    loss = fused_softmax_loss(rows, temperature, anchor_y, column_y, scale, axis_name, block)
+  else:
+    profile, params = split_temperature(temperature)
+    logits_fn = functools.partial(_label_logits, profile, block.matmul_dtype)
+    loss = softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
   return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels),
                                   positive=(temperature, base_temperature))
 
@@ -160,8 +181,13 @@ def simclr(features: jax.Array, temperature: float = 0.5, base_temperature: Opti
   _checks.check_positive(base_temperature, "base_temperature")
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
-  logits_fn = functools.partial(_label_logits, None, block.matmul_dtype)
-  loss = softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
-                      rows.column_sample, temperature / base_temperature, axis_name, block)
+  scale = temperature / base_temperature
+  if block.impl == "fused":
+    loss = fused_softmax_loss(rows, temperature, rows.anchor_sample, rows.column_sample, scale,
+                              axis_name, block)
+  else:
+    logits_fn = functools.partial(_label_logits, None, block.matmul_dtype)
+    loss = softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
+                        rows.column_sample, scale, axis_name, block)
   return _checks.nan_unless_valid(loss, axis_name, finite=(features,),
                                   positive=(temperature, base_temperature))

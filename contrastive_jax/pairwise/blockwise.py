@@ -18,7 +18,11 @@ evaluates it
   the pair function (``jax.vjp`` of one tile), accumulating the anchor and column gradients. Memory
   is O(M d + row_tile * col_tile), never O(M^2);
 * ``impl='auto'``: dense when the ``[n, N]`` temporaries fit comfortably in device memory (a quarter
-  of it, or 2 GiB where the backend does not report it), blockwise otherwise.
+  of it, or 2 GiB where the backend does not report it), blockwise otherwise. It never picks
+  ``'fused'`` (below) until that kernel has been timed faster than blockwise on a GPU.
+* ``impl='fused'``: not a pair-function mode. simclr, supcon and adacon evaluate their statistics
+  with the Pallas kernels of ``pairwise.fused`` instead of calling :func:`row_statistics`, which
+  rejects ``'fused'`` for every other loss.
 
 Inside ``jax.shard_map`` the columns are the all-gathered batch and the anchors this shard's rows;
 ``row_offset`` (the global index of the first local anchor) identifies each anchor's own column. The
@@ -47,11 +51,16 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = ("lse", "sum", "max")
-IMPLS = ("dense", "blockwise", "ring", "auto")
+IMPLS = ("dense", "blockwise", "ring", "fused", "auto")
 # Default tiles: (8192, 8192) on accelerators (measured on an H100: 1.3x the dense time at M = 32768,
 # docs/benchmarks.md), smaller on CPU, where the tile's temporaries live in host memory.
 DEFAULT_TILE = (8192, 8192)
 DEFAULT_CPU_TILE = (1024, 4096)
+# impl='fused': on-chip blocks of the Pallas kernel (FlashAttention-sized for d = 128; not yet tuned
+# on a GPU), the same on every backend.
+DEFAULT_FUSED_TILE = (64, 64)
+# The losses with an impl='fused' kernel (pairwise.fused).
+FUSED_LOSSES = ("simclr", "supcon", "adacon")
 # Dense temporaries per pair entry (logits, masks, exponentials, their cotangents): a generous
 # estimate used by impl='auto'.
 _DENSE_BYTES_PER_PAIR = 32
@@ -69,7 +78,7 @@ class Blocking(NamedTuple):
     matmul_dtype: None (the features' dtype) or a low-precision dtype (``jnp.bfloat16``) for the
       similarity matmul's inputs, accumulated in float32 (softmax statistics stay float32).
   """
-  impl: str = "auto"
+  impl: str = "auto"  # or 'ring' / 'fused'
   row_tile: int = DEFAULT_CPU_TILE[0]
   col_tile: int = DEFAULT_CPU_TILE[1]
   matmul_dtype: Any = None
@@ -81,7 +90,9 @@ def blocking(impl: str = "auto", tile: Union[None, int, Sequence[int]] = None,
   ``matmul_dtype`` (None, or a floating dtype / its name such as ``'bfloat16'``)."""
   if impl not in IMPLS:
     raise ValueError(f"`impl` must be one of {IMPLS}; got {impl!r}.")
-  if tile is None:
+  if tile is None and impl == "fused":
+    tile = DEFAULT_FUSED_TILE
+  elif tile is None:
     tile = DEFAULT_CPU_TILE if jax.default_backend() == "cpu" else DEFAULT_TILE
   elif isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
     tile = (int(tile), int(tile))
@@ -111,7 +122,8 @@ def _dense_budget_bytes() -> int:
 
 def resolve_impl(impl: str, num_rows: int, num_cols: int,
                  budget_bytes: Optional[int] = None) -> str:
-  """'dense' or 'blockwise' for an ``[num_rows, num_cols]`` pair matrix (see module docstring).
+  """'dense' or 'blockwise' for an ``[num_rows, num_cols]`` pair matrix (see module docstring);
+  any other ``impl`` than 'auto' is returned as is ('auto' never gives 'ring' or 'fused').
 
   ``budget_bytes``: the most the dense temporaries of 'auto' may take; None: a quarter of the first
   local device's memory (its ``bytes_limit``), or a fixed fallback where the backend reports none.
@@ -471,6 +483,9 @@ def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: 
   block = block or blocking()
   num_rows, num_cols = anchors.shape[0], columns.shape[0]
   impl = resolve_impl(block.impl, num_rows, num_cols)
+  if impl == "fused":
+    raise ValueError(f"`impl`='fused' (a Pallas kernel) exists for {', '.join(FUSED_LOSSES)} only; "
+                     "use 'dense', 'blockwise', 'ring' or 'auto' for this loss.")
   row_offset = jnp.asarray(row_offset, jnp.int32)
   if impl == "ring" and axis_name is not None:
     axis_size = jax.lax.axis_size(axis_name)
