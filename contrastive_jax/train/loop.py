@@ -13,6 +13,7 @@ The run itself (resume, boundaries, checkpoints, the non-finite policy, preempti
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -32,6 +33,7 @@ from contrastive_jax.data import video as video_lib
 from contrastive_jax.data import normalization
 from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
+from contrastive_jax.evaluate import shot_metrics
 from contrastive_jax.evaluate.knn import knn_top1
 from contrastive_jax.evaluate.linear_probe import linear_probe_accuracy
 from contrastive_jax.evaluate.probe import knn_regression
@@ -175,15 +177,18 @@ class Evaluator:
     mode = mode or self.mode
     if mode == "knn_top1":
       return self._classification(state, split, with_probe=final)
+    return regression_metrics(self.predict(state, split, mode), split.y)
+
+  def predict(self, state, split, mode: Optional[str] = None) -> np.ndarray:
+    """Regression predictions on ``split`` in the target's unit by ``mode`` ('head', 'knn',
+    'ridge'; default: the evaluation mode)."""
+    mode = mode or self.mode
     if mode == "head":
-      pred = self.predictions(state, split)
-    else:
-      train, query = self._embeddings(state, split)
-      if mode == "knn":
-        pred = knn_regression(train, self.dataset.train.y, query, k=self.knn_k)
-      else:
-        pred = ridge_probe(train, self.dataset.train.y, query, alpha=self.ridge_alpha)
-    return regression_metrics(pred, split.y)
+      return self.predictions(state, split)
+    train, query = self._embeddings(state, split)
+    if mode == "knn":
+      return knn_regression(train, self.dataset.train.y, query, k=self.knn_k)
+    return ridge_probe(train, self.dataset.train.y, query, alpha=self.ridge_alpha)
 
   def describe(self, metrics: dict) -> str:
     """A one-line summary of ``metrics`` for the log."""
@@ -303,7 +308,29 @@ def load_data(config: ml_collections.ConfigDict):
     csv_path = kwargs.get("csv_path")
     if csv_path is not None and not os.path.isabs(os.fspath(csv_path)):
       kwargs["csv_path"] = os.path.join(root, os.fspath(csv_path))
-  return data_lib.load_dataset(config.data.name, seed=config.data.seed, **kwargs)
+  dataset = data_lib.load_dataset(config.data.name, seed=config.data.seed, **kwargs)
+  return limit_training_data(dataset, config.data.get("train_fraction", 1.0), config.data.seed)
+
+
+def limit_training_data(dataset, fraction, seed: int):
+  """``dataset`` with a random ``fraction`` of its training split (ACCon Fig. 4's limited-data
+  curve), drawn from ``seed``; the validation and test splits are unchanged. ``fraction`` 1 returns
+  ``dataset`` itself.
+
+  Raises:
+    ValueError: ``fraction`` not in (0, 1], or so small that no training example is left.
+  """
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    raise ValueError(f"`data.train_fraction` must be a number in (0, 1]; got {fraction!r}.")
+  if fraction == 1:
+    return dataset
+  n = len(dataset.train)
+  keep = int(round(fraction * n))
+  if keep < 1:
+    raise ValueError(f"`data.train_fraction`={fraction} keeps no training example of {n}.")
+  rows = np.sort(np.random.default_rng([int(seed), 0x7F]).choice(n, keep, replace=False))
+  train = data_lib.Split(x=take_rows(dataset.train.x, rows), y=np.asarray(dataset.train.y)[rows])
+  return dataclasses.replace(dataset, train=train)
 
 
 def make_augment_fn(config: ml_collections.ConfigDict, kind: str) -> Callable:
@@ -436,8 +463,12 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
       if evaluate.mode != "head":  # Self-supervised runs report both probes.
         for mode in ("knn", "ridge"):
           results[f"test_{mode}"] = evaluate(state, dataset.test, mode)
+        predictions = evaluate.predict(state, dataset.test)
       else:  # Kept for fold ensembles (evaluate.crossval.fold_ensemble) and error analysis.
-        test_predictions = evaluate.predictions(state, dataset.test)
+        test_predictions = predictions = evaluate.predictions(state, dataset.test)
+      # Many / medium / few-shot metrics of the DIR benchmark (Yang et al. 2021): a test label's
+      # group is the number of training labels in its unit-wide bin (> 100, 20-100, < 20).
+      results["test_shots"] = shot_metrics(predictions, dataset.test.y, dataset.train.y)
 
     def write_files(workdir: str) -> None:
       if test_predictions is not None:
