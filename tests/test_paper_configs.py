@@ -329,7 +329,7 @@ def test_knn_top1_protocol_matches_numpy_reference(tmp_path):
   small_cnn(config)
   workdir = str(tmp_path / "run")
   saved = check_run(train_and_evaluate(config, workdir), workdir, config)
-  assert saved["metric"] == "knn_top1" and set(saved["test"]) == {"knn_top1", "linear_probe_top1"}
+  assert saved["metric"] == "knn_top1" and set(saved["test"]) == {"knn_top1", "knn_top5", "linear_probe_top1", "linear_probe_top5"}
   assert "test_train_mean_predictor" not in saved
   assert 0.0 <= saved["test"]["linear_probe_top1"] <= 1.0
 

@@ -108,7 +108,7 @@ def run_pair(method, variant, tmp_path, request):
   workdir = str(tmp_path / "run")
   saved = check_run(train_and_evaluate(config, workdir), workdir, config)
   assert saved["protocol"] == "knn_top1" and saved["metric"] == "knn_top1"
-  assert set(saved["test"]) == {"knn_top1", "linear_probe_top1"}
+  assert set(saved["test"]) == {"knn_top1", "knn_top5", "linear_probe_top1", "linear_probe_top5"}
   assert all(0.0 <= v <= 1.0 for v in saved["test"].values())
   if calls is not None:
     tfds_name = config.data.kwargs.tfds_name

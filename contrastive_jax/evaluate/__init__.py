@@ -38,12 +38,15 @@ from contrastive_jax.evaluate.knn import knn_class_scores
 from contrastive_jax.evaluate.knn import knn_classify
 from contrastive_jax.evaluate.knn import knn_top1
 from contrastive_jax.evaluate.knn import top1_accuracy
+from contrastive_jax.evaluate.knn import topk_accuracy
+from contrastive_jax.evaluate.knn import knn_topk
 from contrastive_jax.evaluate.knn import weighted_knn_scores
 from contrastive_jax.evaluate.linear_probe import LinearProbe
 from contrastive_jax.evaluate.linear_probe import best_index
 from contrastive_jax.evaluate.linear_probe import fit_linear_probe
 from contrastive_jax.evaluate.linear_probe import linear_probe
 from contrastive_jax.evaluate.linear_probe import linear_probe_accuracy
+from contrastive_jax.evaluate.linear_probe import linear_probe_topk
 from contrastive_jax.evaluate.linear_probe import probe_outputs
 from contrastive_jax.evaluate.linear_probe import probe_predict
 from contrastive_jax.evaluate.linear_probe import select_best

@@ -117,6 +117,26 @@ def top1_accuracy(predictions, labels) -> float:
   return float(np.mean(p == y))
 
 
+def topk_accuracy(scores, labels, k: int) -> float:
+  """Fraction of rows of ``scores [Q, C]`` whose label is among their ``k`` highest classes (ties:
+  the lower class id first, as ``argmax``); ``k`` above ``C`` counts every row (thesis Ch. 5/6 top-5).
+  """
+  s, y = np.asarray(scores), np.asarray(labels).reshape(-1)
+  if s.ndim != 2 or s.shape[0] != y.size or y.size == 0:
+    raise ValueError(f"`scores` {s.shape} must be [Q, C] with Q = len(`labels`) = {y.size} > 0.")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"`k` must be an integer >= 1; got {k!r}.")
+  top = np.argsort(-s, axis=1, kind="stable")[:, :min(int(k), s.shape[1])]
+  return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def knn_topk(train_features, train_labels, query_features, query_labels, ks=(1, 5),
+             **kwargs) -> dict:
+  """``{k: top-k accuracy}`` of weighted kNN (:func:`knn_class_scores`) on labelled queries."""
+  scores = knn_class_scores(train_features, train_labels, query_features, **kwargs)
+  return {k: topk_accuracy(scores, query_labels, k) for k in ks}
+
+
 def knn_top1(train_features, train_labels, query_features, query_labels, **kwargs) -> float:
   """Top-1 accuracy of weighted kNN (k=200, T=0.07 by default) on labelled queries."""
   return top1_accuracy(knn_classify(train_features, train_labels, query_features, **kwargs),

@@ -26,6 +26,7 @@ import optax
 
 from contrastive_jax.evaluate.knn import _class_ids
 from contrastive_jax.evaluate.knn import top1_accuracy
+from contrastive_jax.evaluate.knn import topk_accuracy
 from contrastive_jax.evaluate.probe import fit_standardizer
 from contrastive_jax.evaluate.probe import host_matrix
 
@@ -194,6 +195,15 @@ def linear_probe_accuracy(train_features, train_labels, query_features, query_la
   """Top-1 accuracy of a classification linear probe on labelled queries."""
   return top1_accuracy(linear_probe(train_features, train_labels, query_features,
                                     task="classification", **kwargs), query_labels)
+
+
+def linear_probe_topk(train_features, train_labels, query_features, query_labels, ks=(1, 5),
+                      **kwargs) -> dict:
+  """``{k: top-k accuracy}`` of one classification linear probe on labelled queries (thesis Ch. 5
+  / 6 linear evaluation: top-1 and top-5)."""
+  probe = fit_linear_probe(train_features, train_labels, task="classification", **kwargs)
+  logits = probe_outputs(probe, query_features)
+  return {k: topk_accuracy(logits, query_labels, k) for k in ks}
 
 
 def best_index(val_metrics: Sequence[float], *, mode: str = "max") -> int:

@@ -34,8 +34,8 @@ from contrastive_jax.data import normalization
 from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
 from contrastive_jax.evaluate import shot_metrics
-from contrastive_jax.evaluate.knn import knn_top1
-from contrastive_jax.evaluate.linear_probe import linear_probe_accuracy
+from contrastive_jax.evaluate.knn import knn_topk
+from contrastive_jax.evaluate.linear_probe import linear_probe_topk
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
 from contrastive_jax.losses import lds_weights
@@ -164,12 +164,13 @@ class Evaluator:
   def _classification(self, state, split, with_probe: bool) -> dict:
     train, query = self._embeddings(state, split)
     k = min(self.top1_k, train.shape[0])
-    metrics = {"knn_top1": knn_top1(train, self.dataset.train.y, query, split.y, k=k,
-                                    temperature=self.top1_temperature)}
-    if with_probe:
-      metrics["linear_probe_top1"] = linear_probe_accuracy(
-          train, self.dataset.train.y, query, split.y, steps=self.probe_steps,
-          learning_rate=self.probe_lr)
+    knn = knn_topk(train, self.dataset.train.y, query, split.y, ks=(1, 5), k=k,
+                   temperature=self.top1_temperature)
+    metrics = {"knn_top1": knn[1]}
+    if with_probe:  # the test evaluation: top-1 and top-5 of kNN and of the linear probe
+      probe = linear_probe_topk(train, self.dataset.train.y, query, split.y, ks=(1, 5),
+                                steps=self.probe_steps, learning_rate=self.probe_lr)
+      metrics.update(knn_top5=knn[5], linear_probe_top1=probe[1], linear_probe_top5=probe[5])
     return metrics
 
   def __call__(self, state, split, mode: Optional[str] = None, final: bool = False) -> dict:
