@@ -1,5 +1,7 @@
-"""uint8 image batches travel to the device as uint8 and are scaled there (issue 14): the same float32
-values as the host's ``v / 255``, bit for bit, so runs are unchanged."""
+"""The host side of the input pipeline (issue 14), every change output-preserving: uint8 image batches
+travel to the device as uint8 and are scaled there (the same float32 values as the host's ``v / 255``,
+bit for bit, so runs are unchanged); ``images.fit_image`` resizes all channels at once (equal to the
+per-channel resizes); a lazy array's decode threads persist across batches."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import ssl_fashion_mnist as bench  # pylint: disable=g-import-not-at-top,wrong-i
 
 from contrastive_jax import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from contrastive_jax.data.sources import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+from contrastive_jax.data.sources import images  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train.step import unit_float  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -90,3 +94,39 @@ def test_a_uint8_run_is_unchanged_by_scaling_on_device(tmp_path, monkeypatch):
   assert dtypes == {np.dtype(np.float32)}
   assert len(on_device[1]) == 3
   assert on_device == on_host
+
+
+def _per_channel_fit(image, size):
+  """The earlier ``fit_image`` resize: a centre crop, then each channel resized on its own."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width = size
+  h, w = image.shape[:2]
+  crop_h, crop_w = min(h, int(round(w * height / width))), min(w, int(round(h * width / height)))
+  top, left = (h - crop_h) // 2, (w - crop_w) // 2
+  image = image[top:top + crop_h, left:left + crop_w]
+  return np.stack([np.asarray(Image.fromarray(image[..., c]).resize((width, height), Image.BILINEAR))
+                   for c in range(image.shape[-1])], axis=-1)
+
+
+def test_fit_image_resizes_all_channels_at_once_as_each_on_its_own():
+  rng = np.random.default_rng(0)
+  for _ in range(12):
+    shape = (int(rng.integers(3, 300)), int(rng.integers(3, 300)), int(rng.choice([1, 3])))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    for size in ((224, 224), (32, 32), (48, 20), (400, 350)):
+      np.testing.assert_array_equal(images.fit_image(image, size, None), _per_channel_fit(image, size))
+
+
+def test_lazy_array_keeps_its_decode_threads_across_batches():
+  import pickle  # pylint: disable=g-import-not-at-top
+  x = base.LazyArray(lambda i: np.full((2,), i, np.uint8), 20, (2,), np.uint8, workers=3)
+  view = x.subset(np.arange(10, 20))
+  first = x[np.arange(8)]
+  pool = x._pool._pool  # pylint: disable=protected-access
+  assert pool is not None
+  np.testing.assert_array_equal(view[[3, 1, 1]][:, 0], [13, 11, 11])
+  np.testing.assert_array_equal(first[:, 0], np.arange(8))
+  assert x._pool._pool is pool and view._pool is x._pool  # pylint: disable=protected-access
+  copy = pickle.loads(pickle.dumps(base.LazyArray(np.zeros(3, np.uint8).__getitem__, 3, (),
+                                                  np.uint8, workers=2)))
+  np.testing.assert_array_equal(copy[[2, 0]], [0, 0])
