@@ -654,7 +654,9 @@ def test_train_pretext_sigterm_resume_equals_uninterrupted_run(tmp_path, perm_ca
 
   monkeypatch.setattr(pretext, 'train_batch', terminated_at_step_4)
   caplog.set_level(logging.INFO, logger='contrastive_jax')
-  assert pretext.train_pretext(config, killed) == {'status': 'stopped', 'steps': 5}
+  killed_config = config.copy_and_resolve_references()
+  killed_config.data.prefetch = 0  # step 4's batch built as step 4 starts, not ahead (not identity)
+  assert pretext.train_pretext(killed_config, killed) == {'status': 'stopped', 'steps': 5}
   assert 'Stopped at step 5 (SIGTERM)' in caplog.text
   assert not os.path.exists(os.path.join(killed, 'results.json'))
   monkeypatch.setattr(pretext, 'train_batch', real)

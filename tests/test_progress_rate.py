@@ -49,3 +49,18 @@ def test_rate_is_the_recent_interval_without_evaluation_and_checkpoints(clock):
   clock.now += 10.0  # and back to 0.1 s a step
   rate, eta = _rate_and_eta(progress.line(301, METRICS))
   assert rate == 1000 and eta == int(700 * (0.1 + 5.0 / 300))
+
+
+def test_data_share_is_the_intervals_wait_for_batches(clock):
+  progress = writer.Progress(total_steps=1001, first_step=0, examples_per_step=100)
+  with progress.waiting():  # before the clock restarts (compilation): not counted
+    clock.now += 3.0
+  progress.restart_clock(1)
+  with progress.waiting():
+    clock.now += 2.5
+  clock.now += 7.5  # 100 steps in 10 s, 2.5 s of it waiting for data
+  assert progress.line(101, METRICS).endswith('| data 25%')
+  with progress.paused():  # evaluation: neither in the interval nor in the wait
+    clock.now += 5.0
+  clock.now += 10.0  # no wait in this interval: the share is reset per line
+  assert progress.line(201, METRICS).endswith('| data 0%')

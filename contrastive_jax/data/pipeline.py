@@ -16,7 +16,11 @@ every batch has the same shape and a jit-compiled eval step compiles once.
 Both index ``split.x`` with the rows of the (local) batch only, so a lazy ``split.x``
 (``sources.base.LazyArray``) decodes just those files, on this process only. ``'x'`` is float32:
 uint8 inputs (the images / videos / volumes of the file sources) are scaled to [0, 1] by ``1/255``;
-float inputs (the bundled datasets) pass unchanged.
+float inputs (the bundled datasets) pass unchanged. ``train_batch(..., scale=False)`` keeps uint8
+``'x'`` as uint8 (a quarter of the bytes to copy to the device); :data:`UINT8_UNIT` then maps it to
+the same float32 values on the device (``train.step.unit_float``), bit for bit: a table lookup, as
+XLA compiles ``x / 255`` into a multiplication by ``1/255``, which rounds 126 of the 256 values
+differently.
 """
 
 from __future__ import annotations
@@ -45,12 +49,20 @@ def _local_slice(global_batch_size: int, process_index: int, process_count: int)
   return slice(int(process_index) * local, (int(process_index) + 1) * local)
 
 
-def take_rows(x, idx: np.ndarray) -> np.ndarray:
+# ``UINT8_UNIT[v]`` is the float32 that ``take_rows`` makes of the uint8 value ``v`` (v / 255).
+UINT8_UNIT = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+UINT8_UNIT.flags.writeable = False
+
+
+def take_rows(x, idx: np.ndarray, scale: bool = True) -> np.ndarray:
   """float32 rows ``idx`` of ``x`` (numpy or lazy array); uint8 is scaled to [0, 1] by 1/255.
 
-  Only the rows in ``idx`` are read (decoded), in the order given; repeats are allowed.
+  Only the rows in ``idx`` are read (decoded), in the order given; repeats are allowed. ``scale``
+  False: uint8 rows stay uint8 (to be scaled on the device by :data:`UINT8_UNIT`).
   """
   rows = np.asarray(x[np.asarray(idx, np.int64)])
+  if rows.dtype == np.uint8 and not scale:
+    return rows
   if rows.dtype == np.uint8:
     return rows.astype(np.float32) / np.float32(255.0)
   return rows.astype(np.float32, copy=False)
@@ -74,7 +86,8 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 
 def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
-                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+                process_index: int = 0, process_count: int = 1,
+                scale: bool = True) -> dict[str, np.ndarray]:
   """The training batch at ``step``: a pure function of ``(seed, step)``.
 
   Args:
@@ -84,9 +97,11 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
     step: global step (>= 0); ``epoch = step // steps_per_epoch``.
     process_index: this process (``jax.process_index()``).
     process_count: number of processes (``jax.process_count()``).
+    scale: False keeps a uint8 ``'x'`` as uint8 (see :func:`take_rows`).
 
   Returns:
-    ``{'x': float32 [b, ...], 'y': float32 [b]}`` with ``b = global_batch_size // process_count``.
+    ``{'x': float32 [b, ...], 'y': float32 [b]}`` with ``b = global_batch_size // process_count``
+    (``'x'`` uint8 when ``scale`` is False and the split's ``x`` is uint8).
     (Values computed from the training labels, e.g. AdaCon's ECDF, are applied on device: see
     ``losses.registry``.)
   """
@@ -98,7 +113,7 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
   epoch, within = divmod(int(step), spe)
   perm = np.random.default_rng([int(seed), epoch]).permutation(num)
   idx = perm[within * global_batch_size:(within + 1) * global_batch_size][local]
-  return {'x': take_rows(split.x, idx), 'y': np.asarray(split.y[idx], np.float32)}
+  return {'x': take_rows(split.x, idx, scale), 'y': np.asarray(split.y[idx], np.float32)}
 
 
 def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0,

@@ -61,6 +61,9 @@ def run_config() -> ml_collections.ConfigDict:
   # 'echonet').
   c.data.augment_kind = placeholder(str)
   c.data.root = placeholder(str)   # data folder of a file source, passed as `root=` when set
+  # Training batches built ahead of the step by a background thread, each already on the devices
+  # (train.run, data.prefetch); 0: built in the loop. Not part of the run's identity.
+  c.data.prefetch = 2
   # Per-channel input normalisation (x - mean) / std, applied inside the model after augmentation,
   # so training and evaluation see the same inputs (regression trainer only): '' = none; 'imagenet'
   # = mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) for torchvision's ImageNet weights

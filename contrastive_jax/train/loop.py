@@ -439,7 +439,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   def host_batch(step: int) -> dict:
     host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                process_count=jax.process_count(), scale=False)  # uint8 stays
     host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
     if example_weights is not None:
       host["weight"] = example_weights(host["y"])

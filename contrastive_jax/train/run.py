@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from contrastive_jax.data.prefetch import Prefetcher
 from contrastive_jax.train import run_checks
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.step import AXIS
@@ -54,9 +55,11 @@ ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (No
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
-# 'ring' after moving to more devices) or of the micro-batches (``micro_batch_unroll``).
+# 'ring' after moving to more devices) or of the micro-batches (``micro_batch_unroll``), and how many
+# batches are built ahead of the loop (``data.prefetch``; batches are a pure function of the step).
 NON_IDENTITY_FIELDS = ("data.root", "model.init_from", "loss.impl", "loss.tile",
-                       "micro_batch_unroll")
+                       "micro_batch_unroll", "data.prefetch")
+DEFAULT_PREFETCH = 2
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -168,6 +171,15 @@ def refuse_changed_config(directory: str, saved: dict, current: dict, resume: st
   return differences
 
 
+def prefetch_depth(config) -> int:
+  """``data.prefetch``: batches built ahead of the loop by a background thread (0: none)."""
+  data = config.get("data")
+  depth = data.get("prefetch", DEFAULT_PREFETCH) if hasattr(data, "get") else DEFAULT_PREFETCH
+  if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+    raise ValueError(f"`data.prefetch`={depth!r} must be an integer >= 0.")
+  return int(depth)
+
+
 def check_run_control(config) -> None:
   """:func:`run_checks.check_run_control` plus the ``nonfinite`` and ``resume`` choices."""
   run_checks.check_run_control(config)
@@ -176,6 +188,7 @@ def check_run_control(config) -> None:
     raise ValueError(f"Unknown `nonfinite`={policy!r}; expected 'stop' or 'skip'.")
   if config.get("resume", "auto") not in ("auto", "force"):
     raise ValueError(f"Unknown `resume`={config.resume!r}; expected 'auto' or 'force'.")
+  prefetch_depth(config)
 
 
 # ----------------------------------------------------------------------------- the task interface
@@ -378,10 +391,15 @@ def run(config, workdir: str, build_task: Callable[[Any, Mesh], Task], mesh: Mes
   pending = None
   if step < num_steps:
     progress.compiling()
-  with PreemptionFlag() as preemption:
+  if task.device_batch is not None:  # synthesised on device: nothing for the host to overlap
+    batches = Prefetcher(task.device_batch, step, num_steps, depth=0)
+  else:
+    batches = Prefetcher(lambda s: shard_batch(task.host_batch(s), mesh), step, num_steps,
+                         depth=prefetch_depth(config))
+  with batches, PreemptionFlag() as preemption:
     while step < num_steps:
-      batch = (task.device_batch(step) if task.device_batch is not None
-               else shard_batch(task.host_batch(step), mesh))
+      with progress.waiting():  # the progress line's data share
+        batch = batches.get(step)
       state, metrics = task.train_step(state, batch)
       step += 1
       if pending is not None:  # Read the previous step's metrics while this one runs.

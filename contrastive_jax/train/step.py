@@ -18,6 +18,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import data as data_lib
+from contrastive_jax.data.pipeline import UINT8_UNIT
 from contrastive_jax.losses import regression_loss
 from contrastive_jax.train import objectives
 
@@ -32,6 +33,12 @@ def sample_keys(key: jax.Array, batch_size: int, axis_name: str = AXIS) -> jax.A
   """One PRNG key per sample, folded from its global index: the same on any device layout."""
   first = jax.lax.axis_index(axis_name) * batch_size
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(first + jnp.arange(batch_size))
+
+
+def unit_float(x: jax.Array) -> jax.Array:
+  """A uint8 batch (``train_batch(..., scale=False)``) as the float32 ``v / 255`` that the host
+  would have made of it, bit for bit (a lookup in ``pipeline.UINT8_UNIT``); others unchanged."""
+  return jnp.asarray(UINT8_UNIT)[x.astype(jnp.int32)] if x.dtype == jnp.uint8 else x
 
 
 def augment_views(key, x, num_views: int, augment_fn: Callable) -> jax.Array:
@@ -171,7 +178,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     # dropout ignore it, and the augmentation / loss keys are those of runs before it existed.
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, DROPOUT_TAG),
                                      jax.lax.axis_index(AXIS))
-    x = augment_views(aug_key, batch["x"], views, augment_fn)
+    x = augment_views(aug_key, unit_float(batch["x"]), views, augment_fn)
     b = x.shape[0]
     flat = x.reshape((b * views,) + x.shape[2:])
     if micro_batch is not None and (b * views) % micro_batch:

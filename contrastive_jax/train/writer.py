@@ -69,6 +69,9 @@ class Progress:
   checkpoints), so a change of speed shows at once instead of being averaged into the whole run. The
   ETA is the remaining steps at that recent step time plus the evaluation / checkpoint time per step
   measured so far. A line with no timed step since the clock started shows ``-- ex/s | ETA --``.
+  The time spent inside :meth:`waiting` (the loop waiting for its next batch) is shown as its share
+  of that interval's time, ``| data 3%``: near 0 while the host keeps ahead of the device, large when
+  the input pipeline is the bottleneck.
 
   The line shows the loss, then in parentheses the task's ``terms`` (``(label, metric key)``; by
   default the regression and contrastive terms of AdaCon Eq. 8), then its ``shown`` metrics
@@ -83,7 +86,8 @@ class Progress:
     self.terms, self.shown = tuple(terms), tuple(shown)
     self._t0, self._s0 = time.perf_counter(), first_step
     self._paused = 0.0  # seconds inside paused() since the clock started
-    self._last = (self._t0, first_step, 0.0)  # (time, step, paused) at the previous line
+    self._waited = 0.0  # seconds inside waiting() since the clock started
+    self._last = (self._t0, first_step, 0.0, 0.0)  # (time, step, paused, waited) at the previous line
     self._compile_t0 = None
 
   def compiling(self) -> None:
@@ -100,8 +104,8 @@ class Progress:
                                                 now - self._compile_t0)
       self._compile_t0 = None
     self._t0, self._s0 = now, step
-    self._paused = 0.0
-    self._last = (now, step, 0.0)
+    self._paused = self._waited = 0.0
+    self._last = (now, step, 0.0, 0.0)
 
   @contextlib.contextmanager
   def paused(self):
@@ -112,15 +116,27 @@ class Progress:
     finally:
       self._paused += time.perf_counter() - start
 
+  @contextlib.contextmanager
+  def waiting(self):
+    """Time spent inside (waiting for the next batch) is reported as the ``data`` share."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._waited += time.perf_counter() - start
+
   def line(self, step: int, metrics: dict) -> str:
     now = time.perf_counter()
-    last_time, last_step, last_paused = self._last
+    last_time, last_step, last_paused, last_waited = self._last
     if step > last_step:  # The steps since the previous line, evaluation and checkpoints excluded.
-      per_step = max(now - last_time - (self._paused - last_paused), 1e-9) / (step - last_step)
-      self._last = (now, step, self._paused)
+      elapsed = max(now - last_time - (self._paused - last_paused), 1e-9)
+      per_step = elapsed / (step - last_step)
+      data = min(max((self._waited - last_waited) / elapsed, 0.0), 1.0)
+      self._last = (now, step, self._paused, self._waited)
       overhead = self._paused / max(step - self._s0, 1)  # evaluation + checkpoint seconds per step
       rate = (f"{self.examples / per_step:,.0f} ex/s | "
-              f"ETA {_format_seconds((per_step + overhead) * (self.total - step))}")
+              f"ETA {_format_seconds((per_step + overhead) * (self.total - step))} | "
+              f"data {100 * data:.0f}%")
     else:  # nothing timed since compilation yet
       rate = "-- ex/s | ETA --"
     text = f"step {step}/{self.total} | loss {metrics['loss']:.4f}"

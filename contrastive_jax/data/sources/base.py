@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import threading
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -132,6 +133,29 @@ def _as_index_array(key, length: int) -> np.ndarray:
   return np.where(idx < 0, idx + length, idx)
 
 
+class _DecodePool:
+  """A thread pool of ``workers`` threads, started on first use and kept for later batches (shared by
+  a lazy array and its views; not pickled: a copy starts its own)."""
+
+  def __init__(self, workers: int):
+    self.workers = int(workers)
+    self._pool = None
+    self._lock = threading.Lock()
+
+  def map(self, fn: Callable, items: Sequence) -> Any:
+    with self._lock:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.workers,
+                                                           thread_name_prefix='contrastive_jax-decode')
+    return self._pool.map(fn, items)
+
+  def __getstate__(self):
+    return {'workers': self.workers}
+
+  def __setstate__(self, state):
+    self.__init__(state['workers'])
+
+
 class LazyArray:
   """An ``[N, *item_shape]`` array whose items are decoded from files when indexed.
 
@@ -161,7 +185,8 @@ class LazyArray:
       describe: ``i -> str`` naming item ``i`` in error messages (its file path); default ``item i``.
       indices: rows of the underlying source that this array exposes (a view); default all.
       workers: threads used to decode the items of one ``__getitem__`` (PIL, OpenCV and pydicom
-        release the GIL while decoding); 1 decodes in the calling thread.
+        release the GIL while decoding); 1 decodes in the calling thread. The threads are started
+        on first use and kept (one pool for the array and its :meth:`subset` views).
     """
     if int(length) != length or length < 0:
       raise ValueError(f'length must be a non-negative integer, got {length!r}.')
@@ -173,6 +198,7 @@ class LazyArray:
     self._dtype = np.dtype(dtype)
     self._describe = describe
     self._workers = int(workers)
+    self._pool = _DecodePool(self._workers)
     if indices is None:
       self._indices = None
     else:
@@ -244,9 +270,8 @@ class LazyArray:
     out = np.empty((len(positions),) + self._item_shape, self._dtype)
     base = [self._base_index(int(p)) for p in positions]
     if self._workers > 1 and len(base) > 1:
-      with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
-        for row, item in enumerate(pool.map(self._decode, base)):
-          out[row] = item
+      for row, item in enumerate(self._pool.map(self._decode, base)):
+        out[row] = item
     else:
       for row, i in enumerate(base):
         out[row] = self._decode(i)
@@ -258,8 +283,10 @@ class LazyArray:
     """The rows ``idx`` (ints, slice or boolean mask) as a new lazy array; nothing is decoded."""
     positions = _as_index_array(idx, len(self))
     base = positions if self._indices is None else self._indices[positions]
-    return LazyArray(self._load, self._length, self._item_shape, self._dtype,
+    view = LazyArray(self._load, self._length, self._item_shape, self._dtype,
                      describe=self._describe, indices=base, workers=self._workers)
+    view._pool = self._pool  # pylint: disable=protected-access
+    return view
 
   def name(self, i: int) -> str:
     """How row ``i`` of this array is named in error messages (its file path)."""
