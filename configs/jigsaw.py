@@ -30,6 +30,7 @@ def get_config(variant: str = 'sslacl') -> ml_collections.ConfigDict:
   c.data.kwargs.upsample = 8        # 8x8 digits -> 64x64 images (thesis: 256x256 MRNet slices)
   c.data.kwargs.copies = 1
   c.data.channels = 3               # grayscale repeated to 3 channels, range [-1, 1] ([CODE] B1)
+  c.data.prefetch = 2               # training batches built ahead by a background thread (run.py)
 
   c.jigsaw = ml_collections.ConfigDict()
   sslacl = variant == 'sslacl'
