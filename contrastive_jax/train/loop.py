@@ -376,7 +376,7 @@ def middle_slice(x):
 def loss_terms(config) -> tuple:
   """The terms of AdaCon Eq. 8, ``gamma_reg L_reg + gamma_con L_con``, with their weights (the
   regression baseline, ``method='none'``, has no contrastive term)."""
-  con = 0.0 if config.method == "none" else float(config.loss.gamma_con)
+  con = 0.0 if config.method == objectives.BASELINE else float(config.loss.gamma_con)
   return (run_lib.LossTerm("reg", "loss_reg", float(config.loss.gamma_reg)),
           run_lib.LossTerm("con", "loss_con", con))
 
