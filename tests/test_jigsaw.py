@@ -724,8 +724,9 @@ EIGHT_DEVICE_WORKER = textwrap.dedent("""
 """)
 
 
-# Two subprocess runs (1 and 8 forced CPU devices): ~30 s of one worker on a 2-core CPU; in the default
-# suite because it is issue 12's check that the jigsaw task is data-parallel.
+# Two subprocess runs (1 and 8 forced CPU devices): ~30 s on a 2-core CPU, so in the slow suite; the
+# default suite checks the same skeleton path with CoWPro's 8-device test (tests/test_cowpro.py).
+@pytest.mark.slow
 def test_jigsaw_eight_devices_train_like_one(tmp_path, perm_cache):
   """The jigsaw step is data-parallel: 8 devices (batch split, BatchNorm synchronised over the
   'batch' axis, global gradient) give the 1-device losses, evaluation and final parameters."""

@@ -119,6 +119,7 @@ def test_batch_norm_model_trains_and_one_micro_batch_is_one_pass():
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow  # compiles two full steps to read their memory analysis, ~15 s
 def test_activation_memory_shrinks_with_the_micro_batch():
   """``lax.scan`` (the accelerator path) keeps one micro-batch live; the unrolled CPU default
   saves less (XLA:CPU's scheduler keeps several of them live)."""

@@ -185,6 +185,7 @@ def test_random_baseline_knn_matches_numpy_reference(tmp_path):
   assert 0.0 <= scores["linear_probe_top1"] <= 1.0
 
 
+@pytest.mark.slow  # the whole benchmark script end to end, ~16 s; its configs train in the tests above
 def test_benchmark_main_tiny_budget(tmp_path):
   """CLI end to end: simclr through the trainer, both baselines; table and JSON written."""
   root = _fake_fashion_mnist(tmp_path / "data", num_train=200, num_test=50)

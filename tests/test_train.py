@@ -191,7 +191,9 @@ DATA_PARALLEL_WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("method", ["adacon", "rnc"])
+# adacon in the slow suite: the default suite keeps rnc (the regression task's data-parallel path is
+# the same; every loss's sharded == dense is tests/test_losses_sharded.py).
+@pytest.mark.parametrize("method", [pytest.param("adacon", marks=pytest.mark.slow), "rnc"])
 def test_eight_devices_train_like_one(tmp_path, method):
   """The data-parallel step (sharded loss, synced BatchNorm, global gradients) equals one device."""
   outputs = {}
