@@ -53,6 +53,18 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves))
 
 
+def apply_if_finite(state, grads, batch_stats, finite: jax.Array):
+  """``state.apply_gradients(grads, batch_stats)`` where ``finite``, else ``state`` with only its
+  step advanced (params, optimizer state and BatchNorm statistics kept, under ``jnp.where``: no
+  Python branch, no host sync). Shared by every task's train step."""
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  keep = lambda new, old: jnp.where(finite, new, old)
+  return updated.replace(
+      params=jax.tree.map(keep, updated.params, state.params),
+      opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state),
+      batch_stats=jax.tree.map(keep, updated.batch_stats, state.batch_stats))
+
+
 def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective: Callable,
                           micro_batch: int, outputs, dropout_key, axis_name: str = AXIS,
                           unroll: Optional[bool] = None):
@@ -218,12 +230,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
           model, state.params, state.batch_stats, flat, objective, micro_batch,
           (feature_key, "prediction"), dropout_key, unroll=unroll)
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    new_state = updated.replace(
-        params=jax.tree.map(keep, updated.params, state.params),
-        opt_state=jax.tree.map(keep, updated.opt_state, state.opt_state),
-        batch_stats=jax.tree.map(keep, updated.batch_stats, state.batch_stats))
+    new_state = apply_if_finite(state, grads, batch_stats, finite)
     metrics = {
         "loss": loss, "loss_reg": loss_reg, "loss_con": loss_con,
         "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),

@@ -45,6 +45,7 @@ from contrastive_jax.train.run import config_identity
 from contrastive_jax.train.run import make_mesh
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
+from contrastive_jax.train.step import apply_if_finite
 from contrastive_jax.train.step import sample_keys
 
 log = logging.getLogger('contrastive_jax')
@@ -155,9 +156,7 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
     (loss, (acc, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updated = state.apply_gradients(grads=grads, batch_stats=new_stats)
-    skipped = state.replace(step=state.step + 1)
-    new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, skipped)
+    new_state = apply_if_finite(state, grads, new_stats, finite)
     metrics = {'loss': loss, 'accuracy': acc, 'grad_norm': grad_norm, 'lr': schedule(state.step),
                'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
     return new_state, metrics
