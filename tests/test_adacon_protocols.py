@@ -200,7 +200,7 @@ def get_config(variant):
   c.eval_batch_size, c.batch_size, c.data.views, c.optim.warmup_steps = 8, 4, 2, 0
   c.data.kwargs.image_size = 16
   c.model.encoder, c.model.encoder_kwargs, c.model.proj_dim = "small_cnn", {}, 16
-  c.model.proj_hidden_dim = 16
+  c.model.proj_hidden_dim, c.knn_k = 16, 4  # stage 1 also reports a kNN probe of 12 examples
   return c
 """
 
