@@ -123,7 +123,7 @@ def fake_fold_run(config, workdir, seed, mean, std):
 def fold_runs(tmp_path_factory):
   """Two fold models (different weights and target statistics) and the external set."""
   base = tmp_path_factory.mktemp("adacon_external")
-  root = write_external(write_bmd(base / "data"))
+  root = write_external(base / "data")  # the fold models need no training data here
   config = tiny_config(adacon, "bmd", root)
   config.data.normalize = ((0.5,), (0.25,))  # input statistics inside the model, as :bmd's
   workdirs = [fake_fold_run(config, base / "fold0", 1, 0.4, 0.1),
