@@ -38,6 +38,38 @@ but compute L_reg in label units (``loss.reg_units='label'``: L_reg of mean + st
 so L1 / MSE / Huber delta and the gamma balance are the paper's; with 'normalized' L1 would shrink by
 1/std and MSE by 1/std^2.
 
+Two-stage training (Sec. IV-A6 Table V, Sec. IV-B6 Table XII: the paper's ablation against its
+multi-task scheme): `:bmd_pretrain` / `:echonet_pretrain` train the network with the AdaCon loss
+only (gamma_reg = 0, gamma_con = 1; validated by a ridge probe of the frozen features), then
+`:bmd_finetune` / `:echonet_finetune` fine-tune the WHOLE network with the regression loss only
+(``method='none'``; the paper fine-tunes, it does not freeze the encoder), starting from the stage-1
+run's weights through ``model.init_from`` (required; its encoder and heads are copied from the
+stage-1 run's latest checkpoint, optimizer state and step start afresh; the regression head has not
+been trained in stage 1). Schedules as printed: BMD 3,000 + 3,000 iterations at 1e-2 then 1e-3 (x0.1
+at 1,500 and 2,250 each); EchoNet 25 + 25 epochs at 1e-4 then 1e-5 (x0.1 at epochs 10 and 20)::
+
+    python -m launch --config=configs/adacon.py:bmd_pretrain --config.data.root=/data/bmd \
+      --config.data.kwargs.fold=$k --workdir=runs/adacon_bmd_2stage/pretrain$k
+    python -m launch --config=configs/adacon.py:bmd_finetune --config.data.root=/data/bmd \
+      --config.data.kwargs.fold=$k --config.model.init_from=runs/adacon_bmd_2stage/pretrain$k \
+      --workdir=runs/adacon_bmd_2stage/fold$k
+
+Two runs joined by ``model.init_from`` rather than a stage switch inside one run: each stage is an
+ordinary run (its own schedule, optimizer state, checkpoints, resume and results.json), and the
+paper's second stage restarts both the learning rate and the optimizer.
+
+External validation (Tables VI, VII and XIII): the fold models' average prediction on a second data
+set (Sec. IV-A7 "taking the average output of the four models as our final prediction"), by
+``python -m contrastive_jax.train.external`` with the fold runs' config and workdirs::
+
+    python -m contrastive_jax.train.external --config=configs/adacon.py:bmd \
+      --workdirs=runs/adacon_bmd/fold0,runs/adacon_bmd/fold1,runs/adacon_bmd/fold2,runs/adacon_bmd/fold3 \
+      --external_root=/data/fujifilm --external_kwargs='{"csv_path": "fujifilm.csv"}' \
+      --output=runs/adacon_bmd/fujifilm
+
+It writes results.json (MAE, RMSE, R2, Pearson of the ensemble and of each fold model) and the
+predictions; see ``contrastive_jax/train/external.py``.
+
 phi (the margin's label CDF) is Eq. 5's ECDF of the training labels; the official code's bucketed
 mid-rank phi is ``contrastive_jax.losses.fit_ecdf(train_labels, bucket=0.05)`` (library only).
 
@@ -51,11 +83,13 @@ torchvision's Kinetics-400 ``r2plus1d_18`` weights add
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import run_config
 
-VARIANTS = ("digits_angle", "diabetes", "bmd", "echonet")
+VARIANTS = ("digits_angle", "diabetes", "bmd", "echonet", "bmd_pretrain", "bmd_finetune",
+            "echonet_pretrain", "echonet_finetune")
 
 
 def _bmd(config):
@@ -131,6 +165,45 @@ def _echonet(config):
   return config
 
 
+def _pretrain(config, bmd: bool):
+  """Stage 1 of the two-stage scheme (Tables V / XII): "pretraining with only AdaCon loss"."""
+  config.loss.gamma_reg = 0.0  # the regression branch is not trained in stage 1
+  config.loss.gamma_con = 1.0  # "only AdaCon loss" [reading: unweighted]
+  config.eval_with = "ridge"   # validation: a ridge probe of the frozen features (the head is idle)
+  config.optim.schedule = "step"
+  config.optim.decay_factor = 0.1
+  if bmd:  # "SGD with a learning rate of 10^-2 for a total of 3,000 iterations and learning rate
+    config.optim.lr = 1e-2     #  decay of factor 0.1 at 1,500 and 2,250 iterations"
+    config.num_train_steps = 3000
+    config.optim.decay_boundaries = (0.5, 0.75)
+  else:    # "only AdaCon loss for 25 epochs, using a learning rate of 10^-4, momentum of 0.9,
+    config.optim.lr = 1e-4     #  and decay of factor 0.1 at epochs 10 and 20"
+    recipes.epochs(config, 7465, 25)
+    config.optim.decay_boundaries = (10 / 25, 20 / 25)
+  return config
+
+
+def _finetune(config, bmd: bool):
+  """Stage 2 (Tables V / XII): "fine-tuning with regression" of the whole network from stage 1."""
+  config.method = "none"       # L_reg only: "Fine-tuning using L1 loss" / "fine-tuned with MSE loss"
+  config.loss.gamma_reg = 1.0
+  config.loss.gamma_con = 0.0
+  # The stage-1 workdir (required: None is refused by the trainer), e.g.
+  # --config.model.init_from=runs/adacon_bmd_pretrain/fold0: encoder and heads from its latest state.
+  config.model.init_from = placeholder(str)
+  config.optim.schedule = "step"
+  config.optim.decay_factor = 0.1
+  if bmd:  # "Fine-tuning using L1 loss was done with a learning rate of 10^-3 for a total of 3,000
+    config.optim.lr = 1e-3     #  iterations and learning rate decay of 0.1 at 1,500 and 2,250"
+    config.num_train_steps = 3000
+    config.optim.decay_boundaries = (0.5, 0.75)
+  else:    # "fine-tuned with MSE loss by training for 25 additional epochs, starting with a
+    config.optim.lr = 1e-5     #  learning rate of 10^-5 and decaying with factor 0.1 at epochs 10 and 20"
+    recipes.epochs(config, 7465, 25)
+    config.optim.decay_boundaries = (10 / 25, 20 / 25)
+  return config
+
+
 def get_config(variant: str = "digits_angle"):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r} of configs/adacon.py; expected one of "
@@ -145,8 +218,13 @@ def get_config(variant: str = "digits_angle"):
   config.loss.gamma_con = 0.005    # gamma_con so both terms have similar size (Table IV: 0.005).
   config.loss.features = "projection"
   config.model.proj_dim = 128      # Sec. III-B: Dense -> ReLU -> Dense(128) -> L2 normalisation.
-  if variant == "bmd":
-    return _bmd(config)
-  if variant == "echonet":
-    return _echonet(config)
+  data_set, _, stage = variant.partition("_")
+  if data_set == "bmd":
+    config = _bmd(config)
+  elif data_set == "echonet":
+    config = _echonet(config)
+  if stage == "pretrain":
+    return _pretrain(config, data_set == "bmd")
+  if stage == "finetune":
+    return _finetune(config, data_set == "bmd")
   return config

@@ -387,6 +387,10 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   (the best state is kept), tested at the end (see :func:`train_and_evaluate`)."""
   objectives.check_method(config.method)
   check_config_fields(config)
+  if config.model.get("init_from", "") is None:
+    raise ValueError("`model.init_from` is unset: this config continues a previous run (e.g. the "
+                     "second stage of configs/adacon.py:bmd_finetune); set --config.model.init_from="
+                     "<that run's workdir>.")
   protocol = config.eval.get("protocol", "regression") if "eval" in config else "regression"
   if protocol not in PROTOCOLS:
     raise ValueError(f"Unknown `eval.protocol`={protocol!r}; expected one of {PROTOCOLS}.")
@@ -452,7 +456,9 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
     results = {"method": config.method, "dataset": dataset.name, "protocol": evaluate.protocol,
                "metric": evaluate.metric, "test": test, "val_best": meta["val_best"],
                "best_step": meta["best_step"], "steps": int(config.num_train_steps),
-               "eval_with": evaluate.mode}
+               "eval_with": evaluate.mode,
+               # the head's output o is mean + std * o in label units (read by train.external)
+               "target_normalization": {"mean": mean, "std": std}}
     test_predictions = None
     lines = [f"Test (best step {meta['best_step']}): {evaluate.describe(test)}"]
     if evaluate.protocol == "regression":

@@ -51,7 +51,8 @@ NONFINITE_POLICIES = ("stop", "skip")
 # of the identity while they hold it, so older checkpoints still resume.
 ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (None,),
                 "loss.matmul_dtype": (None,), "micro_batch": (None,),
-                "loss.reg_units": ("normalized",), "data.train_fraction": (1.0,)}
+                "loss.reg_units": ("normalized",), "data.train_fraction": (1.0,),
+                "data.num_folds": (0,), "data.fold": (0,), "eval.top_percent": (100.0,)}
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.

@@ -25,7 +25,9 @@ What a ``Split`` holds (a segmentation source, so ``y`` is not a scalar target):
 Slices are resized to ``size x size`` when needed (bilinear for images, nearest for masks). Both are
 ``base.LazyArray``s. The split is by **patient** (every slice of a scan lands in the same split):
 ``contrastive_jax.data.demo.split_indices`` (70/15/15) over the sorted patient ids, drawn from
-``seed``; ``patient_split`` returns the patient ids of each split and ``find_scans`` the scans, so
+``seed``, or with ``num_folds=K`` fold ``fold`` of a seeded K-fold cross-validation by patient as
+``val`` and ``test`` (the thesis' 5-fold protocol, Sec. 7.5.1); ``patient_split`` returns the
+patient ids of each split and ``find_scans`` the scans, so
 that slices can be grouped back into scans (a split's slices are its scans' slices, scan after
 scan, in ``patient_split`` order).
 """
@@ -116,11 +118,33 @@ def find_scans(root: str | os.PathLike) -> list[Scan]:
   return scans
 
 
-def patient_split(patients: Sequence[str], seed: int) -> tuple[list[str], list[str], list[str]]:
-  """``(train, val, test)`` patient ids: ``demo.split_indices`` (70/15/15) over ``patients``."""
+def patient_split(patients: Sequence[str], seed: int, num_folds: int = 0,
+                  fold: int = 0) -> tuple[list[str], list[str], list[str]]:
+  """``(train, val, test)`` patient ids.
+
+  ``num_folds = 0``: ``demo.split_indices`` (70/15/15) over ``patients``. ``num_folds = K >= 2``:
+  K-fold cross-validation by patient (thesis Sec. 7.5.1: "one-fifth of the dataset (a fold) is used
+  as a validation set while the rest is treated as a training set"): the patients are permuted by
+  ``seed`` and cut into K folds whose sizes differ by at most one
+  (``contrastive_jax.evaluate.crossval.kfold_indices``); fold ``fold`` is both ``val`` and
+  ``test`` (the thesis reports its Dice on the validation fold), the other folds ``train``. Each
+  list keeps the order of ``patients``.
+  """
   patients = list(patients)
-  train, val, test = demo.split_indices(len(patients), seed)
-  return ([patients[i] for i in train], [patients[i] for i in val], [patients[i] for i in test])
+  if isinstance(num_folds, bool) or int(num_folds) != num_folds or num_folds < 0 or num_folds == 1:
+    raise ValueError(f'`num_folds` must be 0 (a 70/15/15 split) or an integer >= 2; got '
+                     f'{num_folds!r}.')
+  if not num_folds:
+    train, val, test = demo.split_indices(len(patients), seed)
+    return ([patients[i] for i in train], [patients[i] for i in val], [patients[i] for i in test])
+  if isinstance(fold, bool) or int(fold) != fold or not 0 <= fold < num_folds:
+    raise ValueError(f'`fold` must be an integer in [0, {int(num_folds)}); got {fold!r}.')
+  from contrastive_jax.evaluate import crossval  # pylint: disable=g-import-not-at-top
+  held_out = crossval.kfold_indices(len(patients), int(num_folds), seed=seed)[int(fold)]
+  chosen = set(held_out.tolist())
+  rest = [p for i, p in enumerate(patients) if i not in chosen]
+  held = [patients[i] for i in held_out]
+  return rest, held, list(held)
 
 
 def _read(path: str) -> np.ndarray:
@@ -237,13 +261,16 @@ class MaskLoader(_SliceTable):
     return scan.masks[k]
 
 
-def load_chaos(root: str | os.PathLike, *, seed: int = 0, size: int = 256,
-               workers: int = 1) -> demo.Dataset:
+def load_chaos(root: str | os.PathLike, *, seed: int = 0, size: int = 256, workers: int = 1,
+               num_folds: int = 0, fold: int = 0) -> demo.Dataset:
   """CHAOS MR T2-SPIR slices with organ label maps, split by patient.
 
   Args:
     root: the CHAOS root (or its ``Train_Sets`` or ``Train_Sets/MR`` directory).
-    seed: selects the patient-level 70/15/15 split (``patient_split``).
+    seed: selects the patient-level split (``patient_split``).
+    num_folds, fold: 0 -> the 70/15/15 split; ``K >= 2`` -> fold ``fold`` of the K-fold
+      cross-validation by patient is ``val`` and ``test``, the other folds ``train``
+      (``patient_split``; thesis Sec. 7.5.1: K = 5).
     size: slices and masks are ``size x size`` (CoWPro's input is 256 x 256, thesis Ch. 7 step 3).
     workers: threads decoding the slices of one batch.
 
@@ -259,13 +286,14 @@ def load_chaos(root: str | os.PathLike, *, seed: int = 0, size: int = 256,
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
     raise ValueError(f'size must be a positive integer, got {size!r}.')
   scans = find_scans(root)
-  if len(scans) < 3:
+  if len(scans) < max(3, int(num_folds)):
     raise ValueError(f'CHAOS under {os.fspath(root)}: {len(scans)} {SEQUENCE} scan(s) found; a '
-                     'patient-level train / val / test split needs at least 3.')
+                     'patient-level train / val / test split needs at least 3 (and a K-fold one '
+                     f'K; num_folds={num_folds}).')
   by_patient = {s.patient: s for s in scans}
   splits = {}
   for name, patients in zip(('train', 'val', 'test'),
-                            patient_split([s.patient for s in scans], seed)):
+                            patient_split([s.patient for s in scans], seed, num_folds, fold)):
     chosen = [by_patient[p] for p in patients]
     slices = SliceLoader(chosen, int(size))
     masks = MaskLoader(chosen, int(size))

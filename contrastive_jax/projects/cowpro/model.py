@@ -13,6 +13,9 @@ after it is parameter-free and written here as pure functions of one episode:
   channels and L2-normalised; the correlation ``M_c`` is their cosine; ``M_prob = softmax_j(M_c / t)``
   over the valid prototypes; ``P_agg = sum_j M_prob^j P^j`` and the score is ``scale <q, P_agg>``.
 * :func:`episode_logits` (Eq. 7.11): ``[c_BG, c_FG]`` upsampled bilinearly to the image size.
+* ``top_percent`` (Sec. 7.5.4.3, Table 7.4, inference only): each query pixel aggregates only its
+  Top-k% most correlated prototypes, of the foreground and of the background set alike
+  (:func:`top_percent_mask`).
 
 Implementation choices taken from the author's code (sadimanna/cowpro, ``MultiProtoAsWCos``) where the
 thesis is silent ([code]): the aggregate is formed from the *normalised* centred prototypes and the
@@ -202,9 +205,33 @@ def masked_softmax(logits: jax.Array, valid: jax.Array) -> jax.Array:
   return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), jnp.finfo(logits.dtype).tiny)
 
 
+def check_top_percent(top_percent) -> float:
+  """``top_percent`` as a float in (0, 100] (Table 7.4: 100, 50, 10, 5, 2)."""
+  if isinstance(top_percent, bool) or not isinstance(top_percent, (int, float)) or not (
+      0.0 < float(top_percent) <= 100.0):
+    raise ValueError(f'`top_percent` must be a number in (0, 100]; got {top_percent!r}.')
+  return float(top_percent)
+
+
+def top_percent_mask(corr: jax.Array, valid: jax.Array, top_percent: float) -> jax.Array:
+  """``[..., P]`` bool: for every query pixel, its ``k = max(1, ceil(top_percent / 100 * N))`` most
+  correlated valid prototypes (``N``: the number of valid ones), the Top-k% ablation of Sec. 7.5.4.3
+  (Table 7.4). The rounding of ``k`` is not given in the thesis [GUESS: ceil, at least one]. A
+  prototype tied with the ``k``-th largest correlation is kept too."""
+  top_percent = check_top_percent(top_percent)
+  valid = jnp.broadcast_to(valid, corr.shape)
+  if top_percent == 100.0:
+    return valid
+  n = jnp.sum(valid, axis=-1, keepdims=True)
+  k = jnp.maximum(1, jnp.ceil(top_percent / 100.0 * n).astype(jnp.int32))
+  ranked = -jnp.sort(-jnp.where(valid, corr, -jnp.inf), axis=-1)  # descending, invalid last
+  kth = jnp.take_along_axis(ranked, k - 1, axis=-1)
+  return valid & (corr >= kth)
+
+
 def aggregate_scores(query: jax.Array, prototypes: jax.Array, valid: jax.Array, *,
                      temperature: float = 0.05, scale: float = 20.0, renormalize: bool = False,
-                     return_aux: bool = False):
+                     top_percent: float = 100.0, return_aux: bool = False):
   """Correlation-weighted prototype aggregation and scores (Eqs. 7.4-7.10).
 
   Args:
@@ -213,6 +240,9 @@ def aggregate_scores(query: jax.Array, prototypes: jax.Array, valid: jax.Array, 
     temperature: ``t`` of Eq. 7.7 (0.05 [code]: the code's softmax of ``20 cos``).
     scale: factor of the final score (20 [code]).
     renormalize: score ``scale cos(q, P_agg)`` instead of ``scale <q_hat, P_agg>``.
+    top_percent: the Top-k% ablation (Sec. 7.5.4.3, Table 7.4): Eqs. 7.7-7.8 over only the
+      ``top_percent`` % most correlated valid prototypes of each query pixel
+      (:func:`top_percent_mask`); 100 (default) = all of them, the method as trained.
     return_aux: also return ``{'correlation': M_c, 'probability': M_prob, 'aggregate': P_agg}``.
 
   Returns:
@@ -221,6 +251,8 @@ def aggregate_scores(query: jax.Array, prototypes: jax.Array, valid: jax.Array, 
   q = _centre_normalise(query.astype(jnp.float32))
   p = _centre_normalise(prototypes.astype(jnp.float32))
   corr = jnp.einsum('hwd,pd->hwp', q, p)  # Eq. 7.6
+  if check_top_percent(top_percent) < 100.0:
+    valid = top_percent_mask(corr, valid, top_percent)
   prob = masked_softmax(corr / temperature, valid)  # Eq. 7.7
   agg = jnp.einsum('hwp,pd->hwd', prob, p)  # Eq. 7.8
   if renormalize:
@@ -236,7 +268,7 @@ def episode_logits(support_features: jax.Array, support_mask: jax.Array, query_f
                    image_hw: tuple, *, fg_threshold: Threshold = 0.95,
                    bg_threshold: Threshold = 0.95, window: int = 4, temperature: float = 0.05,
                    scale: float = 20.0, renormalize: bool = False,
-                   mask_resize: str = 'bilinear') -> jax.Array:
+                   mask_resize: str = 'bilinear', top_percent: float = 100.0) -> jax.Array:
   """Logits ``[H, W, 2]`` (background, foreground) of the query of one 1-way 1-shot episode.
 
   Args:
@@ -245,8 +277,8 @@ def episode_logits(support_features: jax.Array, support_mask: jax.Array, query_f
       mask is ``1 - M_s`` (Sec. 7.4.1.3).
     image_hw: output size ``(H, W)``; scores are upsampled bilinearly (Sec. 7.4.1.5).
     fg_threshold, bg_threshold: ``zeta`` of Eq. 7.2 (number or 'dynamic').
-    window, temperature, scale, renormalize, mask_resize: see :func:`extract_prototypes`,
-      :func:`aggregate_scores`, :func:`resize_mask`.
+    window, temperature, scale, renormalize, mask_resize, top_percent: see
+      :func:`extract_prototypes`, :func:`aggregate_scores`, :func:`resize_mask`.
   """
   if support_features.ndim != 3 or support_features.shape != query_features.shape:
     raise ValueError(f'Support and query features must both be [h, w, D]; got '
@@ -254,7 +286,8 @@ def episode_logits(support_features: jax.Array, support_mask: jax.Array, query_f
   h, w, _ = support_features.shape
   fg = resize_mask(support_mask, (h, w), mask_resize)
   bg = resize_mask(1.0 - jnp.asarray(support_mask, jnp.float32), (h, w), mask_resize)
-  kwargs = dict(temperature=temperature, scale=scale, renormalize=renormalize)
+  kwargs = dict(temperature=temperature, scale=scale, renormalize=renormalize,
+                top_percent=top_percent)
   fg_protos, fg_valid = extract_prototypes(support_features, fg, foreground=True,
                                            threshold=fg_threshold, window=window)
   bg_protos, bg_valid = extract_prototypes(support_features, bg, foreground=False,

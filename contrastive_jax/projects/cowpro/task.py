@@ -55,8 +55,25 @@ log = logging.getLogger('contrastive_jax')
 # ----------------------------------------------------------------------------------------------------
 # Data.
 
+def fold_selection(data_cfg) -> tuple:
+  """``(data.num_folds, data.fold)`` as ints (``(0, 0)`` when unset: no cross-validation)."""
+  num_folds, fold = data_cfg.get('num_folds', 0) or 0, data_cfg.get('fold', 0) or 0
+  for name, value in (('num_folds', num_folds), ('fold', fold)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f'`data.{name}` must be an integer; got {value!r}.')
+  if num_folds == 1 or num_folds < 0 or (num_folds and not 0 <= fold < num_folds) or (
+      not num_folds and fold):
+    raise ValueError(f'`data.num_folds`={num_folds} / `data.fold`={fold}: expected num_folds 0 (no '
+                     'cross-validation, fold 0) or >= 2 with 0 <= fold < num_folds.')
+  return int(num_folds), int(fold)
+
+
 def load_volumes(data_cfg) -> tuple:
   """``(train Volumes, eval Volumes)`` for ``data_cfg.name`` in ('cowpro_phantom', 'chaos')."""
+  if fold_selection(data_cfg)[0] and data_cfg.name != 'chaos':
+    raise ValueError(f'`data.num_folds` selects CHAOS scans (the thesis\' 5-fold protocol); the '
+                     f'data {data_cfg.name!r} has fixed training and evaluation volumes: set '
+                     '--config.data.num_folds=0.')
   if data_cfg.name == 'cowpro_phantom':
     n_train, n_eval = int(data_cfg.num_train_volumes), int(data_cfg.num_eval_volumes)
     if n_train < 1 or n_eval < 2:
@@ -73,9 +90,11 @@ def load_volumes(data_cfg) -> tuple:
 def _chaos_volumes(data_cfg) -> tuple:
   """CHAOS T2-SPIR scans through ``contrastive_jax.data.load_dataset('chaos', root=...)``.
 
-  The source splits patients 70/15/15 by ``data.seed`` (the thesis uses 5-fold CV, 16/4 scans per
-  fold, Sec. 7.5.1); its ``train`` split is used for self-supervised training and ``data.eval_split``
-  ('val' by default) for the 1-shot evaluation. Slices are regrouped into scans (a split holds its
+  ``data.num_folds = 0``: the source splits patients 70/15/15 by ``data.seed``; its ``train`` split is
+  used for self-supervised training and ``data.eval_split`` ('val' by default) for the 1-shot
+  evaluation. ``data.num_folds = K``: fold ``data.fold`` of the seeded K-fold cross-validation by
+  patient is the evaluation split and the other folds train (thesis Sec. 7.5.1: K = 5, 16 / 4
+  scans; ``chaos.patient_split``). Slices are regrouped into scans (a split holds its
   patients' slices scan after scan, in ``patient_split`` order), intensities (per-scan clipped and
   scaled to uint8 by the source) mapped to [0, 1], and shorter scans padded with empty slices at the
   end (no label, no body, hence no superpixel and never a query or support slice).
@@ -87,10 +106,13 @@ def _chaos_volumes(data_cfg) -> tuple:
   eval_split = data_cfg.get('eval_split', 'val')
   if eval_split not in ('val', 'test'):
     raise ValueError(f"`data.eval_split` must be 'val' or 'test'; got {eval_split!r}.")
+  num_folds, fold = fold_selection(data_cfg)
   dataset = data_lib.load_dataset('chaos', root=data_cfg.root, seed=int(data_cfg.seed),
-                                  size=int(data_cfg.size), **dict(data_cfg.get('kwargs', {})))
+                                  size=int(data_cfg.size), num_folds=num_folds, fold=fold,
+                                  **dict(data_cfg.get('kwargs', {})))
   scans = {scan.patient: scan for scan in chaos_source.find_scans(data_cfg.root)}
-  train_ids, val_ids, test_ids = chaos_source.patient_split(list(scans), int(data_cfg.seed))
+  train_ids, val_ids, test_ids = chaos_source.patient_split(list(scans), int(data_cfg.seed),
+                                                            num_folds, fold)
   eval_ids = val_ids if eval_split == 'val' else test_ids
   return (_regroup(dataset.train, [len(scans[p]) for p in train_ids], train_ids),
           _regroup(getattr(dataset, eval_split), [len(scans[p]) for p in eval_ids], eval_ids))
@@ -204,6 +226,9 @@ class Predictor:
     self.thresholds = {name: _threshold(value) for name, value in thresholds.items()}
     kwargs = _proto_kwargs(config.prototypes)
     kwargs['window'] = int(config.eval.get('window') or kwargs['window'])
+    # Table 7.4's Top-k% of the prototypes, at inference only (100: all, as trained).
+    kwargs['top_percent'] = cowpro_model.check_top_percent(config.eval.get('top_percent', 100.0))
+    self.top_percent = kwargs['top_percent']
     self._kwargs = kwargs
     self._encode = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
     self._logits = {}
@@ -337,7 +362,13 @@ def cowpro_task(config: ml_collections.ConfigDict, mesh: Mesh, workdir: str = ''
                'dice_per_scan': result['dice_per_scan'], 'eval_history': meta['history'],
                'protocol': {'support_index': int(config.eval.support_index),
                             'npart': int(config.eval.npart),
-                            'quadrant_masking': bool(config.eval.quadrant_masking)}}
+                            'quadrant_masking': bool(config.eval.quadrant_masking),
+                            'top_percent': predictor.top_percent},
+               'eval_scans': list(eval_volumes.ids)}
+    num_folds, fold = fold_selection(config.data)
+    if num_folds:  # read by contrastive_jax.projects.cowpro.crossval.combine_folds
+      results['cross_validation'] = {'fold': fold, 'num_folds': num_folds,
+                                     'seed': int(config.data.seed)}
     return run_lib.Outcome(results, flat_dice(result),
                            [f'1-shot Dice on the evaluation scans: {_dice_text(flat_dice(result))}'])
 
@@ -372,8 +403,10 @@ def train_cowpro(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     ``{'task', 'method', 'dataset', 'steps', 'mean_dice', 'test': {'dice', 'mean_dice'},
-    'dice_per_scan', 'eval_history', 'protocol'}`` (``eval_history``: ``{'step', 'mean_dice'}`` of
-    every validation, the last step's included), or ``{'status': 'stopped', 'steps'}`` when stopped
+    'dice_per_scan', 'eval_history', 'protocol', 'eval_scans'}`` (``eval_history``: ``{'step',
+    'mean_dice'}`` of every validation, the last step's included), plus ``'cross_validation':
+    {'fold', 'num_folds', 'seed'}`` with ``data.num_folds`` (combined over the folds by
+    ``contrastive_jax.projects.cowpro.crossval``), or ``{'status': 'stopped', 'steps'}`` when stopped
     early (``stop_at_step``, SIGTERM / SIGINT).
 
   Raises:
