@@ -8,6 +8,13 @@ estimation benchmarks on your copy of the DIR data (``data.root`` holds ``agedb.
   python -m launch --config=configs/accon.py:agedb --config.data.root=/data/dir --workdir=runs/accon_agedb
   python -m launch --config=configs/accon.py:imdb_wiki --config.data.root=/data/dir --workdir=runs/accon_imdb
 
+and STS-B (Tab. 1 / 2) on the DIR benchmark's STS-B files (``data.root`` holds ``train_new.tsv``,
+``dev_new.tsv``, ``test_new.tsv`` from YyzHarry/imbalanced-regression sts-b-dir/glue_data/STS-B) with
+your GloVe-format word vectors (glove.840B.300d.txt in the papers; contrastive_jax/data/sources/sts_b.py):
+
+  python -m launch --config=configs/accon.py:sts_b --config.data.root=/data/STS-B \
+      --config.data.kwargs.embeddings=/data/glove/glove.840B.300d.txt --workdir=runs/accon_sts_b
+
 `:agedb` / `:imdb_wiki` train on the natural split (AgeDB-Natural / IMDB-WIKI-Natural, Table 1);
 add `--config.data.kwargs.split_mode=balanced` for AgeDB-DIR / IMDB-WIKI-DIR (Table 2). Our natural
 split is a seeded random partition of the benchmark's sizes, not the official file: for that, put
@@ -37,6 +44,23 @@ imdb-wiki/ agree unless named; the paper's Appendix B is not in our copy):
     :155-180: Rank-N-Contrast's recipe, not the DIR benchmark's); IMDB-WIKI: two views of the DIR
     benchmark's Resize + RandomCrop(224, padding=16) + HFlip (imdb-wiki/datasets.py:28-55); both
     Normalize(0.5, 0.5).
+`:sts_b` trains on STS-B-Natural (Table 1: MAE, G-mean, Pearson); add
+`--config.data.kwargs.split_mode=balanced` for STS-B-DIR (Table 2: MSE, shot-wise). results.json
+has MAE, MSE, Pearson, Spearman, G-mean and R^2 (``test``) and the many / medium / few-shot MAE, MSE
+and G-mean (``test_shots``, 0.1-wide score bins). The DIR benchmark's model and trainer
+(recipes.sts_b_dir: BiLSTM + max pooling, [u, v, |u - v|, u * v], MSE, Adam 1e-4, batch 128, 400-step
+validation interval, 100 checks = 40,000 steps; no augmentation, one view) with the official ACCon
+STS-B run (Haifengtao/ACCon sts-b/, commit efd6610): README "Train a model using ACCON"
+`--regularization_type accon --proj_dims 2000 --regularization_weight 10 --batch_size 128 --lr 1e-4
+--loss mse`; trainer.py:176 builds `ACCon()` with its defaults, loss.py:425 `max_inernal=5`
+(R = 5, the score range) and `temperature=1` (the README's `--temperature 0.05` does not reach it);
+trainer.py:175-179 one view of each pair, positives = equal scores rounded to 0.1 (loss.py:448).
+Ours for `:sts_b`: R = 5, tau = 1, gamma = 10, a 2000-d projection, positives = exactly equal scores
+(STS-B's scores are averages of 0-5 ratings on a 0.2 grid, with a few others: rounding to 0.1 joins
+only those few). The official ACCon model (models.py:201-203, :286-290) projects the 12,000-d pair
+feature by one Linear(12000, 2000), L2-normalises it and regresses with Linear(2000, 1) with bias [ours:
+Dense(2000)-ReLU-Dense(2000), then the bias-free predictor below].
+
 Not reproduced (this trainer's model and data pipeline cannot express them):
   * Heads: official contraNet_ada_emb (agedb/resnet.py:379-399): projection = one Linear(2048,
     512), as the paper's "single linear layer" ("Deep Regression Framework") [ours: a
@@ -58,7 +82,7 @@ from ml_collections.config_dict import placeholder
 from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import run_config
 
-VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki")
+VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki", "sts_b")
 
 
 def get_config(variant: str = "digits_angle"):
@@ -89,4 +113,13 @@ def get_config(variant: str = "digits_angle"):
     config.optim.lr = 2.5e-4                    # README: --lr 0.00025
     # README: --epoch 90 (drop_last=True); validation every epoch (train.py:254).
     recipes.epochs(config, recipes.DIR_TRAIN_SIZES[variant], 90)
+  if variant == "sts_b":
+    # The DIR benchmark's STS-B BiLSTM pipeline (recipes.sts_b_dir), one view (no augmentation),
+    # with the official ACCon STS-B run's loss settings (module docstring).
+    recipes.sts_b_dir(config, split_mode="natural")  # README: --datatype natural (Table 1)
+    config.loss.contrastive.label_range = 5.0  # loss.py:425 max_inernal=5: scores 0-5
+    config.loss.contrastive.temperature = 1.0  # trainer.py:176 ACCon() -> temperature=1
+    config.loss.gamma_con = 10.0               # README: --regularization_weight 10
+    config.model.proj_dim = 2000               # README: --proj_dims 2000
+    config.model.proj_hidden_dim = 2000        # ours: hidden width 2000, not the 12,000-d input
   return config

@@ -13,6 +13,9 @@ Named pipelines (``get_augment_fn(kind)``) compose the per-sample ops of ``trans
 converted to float32 in [0, 1] first:
 
 * ``'image'`` / ``'tabular'``: ``augment_images`` / ``augment_tabular`` (unchanged).
+* ``'identity'``: no augmentation (``augment_identity``): the sentence pairs of STS-B, which the papers
+  do not augment (ACCon: "constraints on data augmentation techniques for the semantic textual
+  similarity task").
 * ``'simclr'``: SimCLR App. A (Chen et al. 2020), the recipe of thesis Ch. 4-6 (BCL, MIO, DySTreSS).
 * ``'regression'``: label-preserving ops only (the 'image' recipe per sample, plus optional contrast,
   gamma, blur and cutout); no flip or rotation.
@@ -338,7 +341,13 @@ def flatten_views(views: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]
   return views.reshape((b * k,) + views.shape[2:]), jnp.repeat(y, k, axis=0)
 
 
-_AUGMENTERS = {'image': augment_images, 'tabular': augment_tabular}
+def augment_identity(key: jax.Array, x: jax.Array) -> jax.Array:
+  """No augmentation: ``x`` unchanged (the views of a sample are then identical; ``key`` unused)."""
+  del key
+  return x
+
+
+_AUGMENTERS = {'image': augment_images, 'tabular': augment_tabular, 'identity': augment_identity}
 
 
 def get_augment_fn(kind: str, **kwargs) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -72,8 +72,8 @@ class Dataset:
 
   Attributes:
     name: one of ``DATASETS`` or a name chosen by a file source.
-    kind: ``'image'``, ``'tabular'``, ``'video'`` or ``'volume'`` (selects the augmentation, see
-      ``augment.get_augment_fn``).
+    kind: ``'image'``, ``'tabular'``, ``'video'``, ``'volume'`` or ``'text'`` (selects the
+      augmentation, see ``augment.get_augment_fn``).
     train, val, test: the three disjoint splits.
   """
   name: str

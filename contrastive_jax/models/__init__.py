@@ -35,6 +35,7 @@ from contrastive_jax.models.resnet import ResNet101
 from contrastive_jax.models.resnet import ResNet18
 from contrastive_jax.models.resnet import ResNet34
 from contrastive_jax.models.resnet import ResNet50
+from contrastive_jax.models.text import BiLSTMPairEncoder
 
 # Every encoder takes ``bn_axis_name`` and ``dtype`` and is called as ``encoder(x, train=...)``.
 ENCODERS = {
@@ -47,6 +48,7 @@ ENCODERS = {
     'efficientnet_b0': EfficientNetB0,
     'efficientnet_b1': EfficientNetB1,
     'r2plus1d_18': R2Plus1D18,
+    'bilstm_pair': BiLSTMPairEncoder,  # STS-B sentence pairs (data.sources.sts_b)
 }
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -147,7 +149,7 @@ def build_model(model_config: Any, axis_name: str | None = None, *, task: str = 
 
 
 __all__ = [
-    'BasicBlock', 'Bottleneck', 'ContrastiveRegressor', 'ENCODERS', 'EfficientNet',
+    'BasicBlock', 'BiLSTMPairEncoder', 'Bottleneck', 'ContrastiveRegressor', 'ENCODERS', 'EfficientNet',
     'EfficientNetB0', 'EfficientNetB1', 'LinearHead', 'MLPEncoder', 'MODELS', 'ProjectionHead',
     'R2Plus1D', 'R2Plus1D18', 'ResNet', 'ResNet101', 'ResNet18', 'ResNet34', 'ResNet50',
     'SmallCNN', 'build_model', 'build_regressor', 'l2_normalize', 'torch_weights',

@@ -77,7 +77,7 @@ def split_outputs(predict, state, split, batch_size: int, mesh: Mesh) -> np.ndar
 
 PROTOCOLS = ("regression", "knn_top1")
 # Augmentation pipeline of each dataset kind when `data.augment_kind` is not set.
-DEFAULT_AUGMENT = {"image": "image", "tabular": "tabular", "video": "echonet"}
+DEFAULT_AUGMENT = {"image": "image", "tabular": "tabular", "video": "echonet", "text": "identity"}
 
 
 def video_eval_preprocess(config) -> Optional[Callable]:
@@ -474,8 +474,10 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
       else:  # Kept for fold ensembles (evaluate.crossval.fold_ensemble) and error analysis.
         test_predictions = predictions = evaluate.predictions(state, dataset.test)
       # Many / medium / few-shot metrics of the DIR benchmark (Yang et al. 2021): a test label's
-      # group is the number of training labels in its unit-wide bin (> 100, 20-100, < 20).
-      results["test_shots"] = shot_metrics(predictions, dataset.test.y, dataset.train.y)
+      # group is the number of training labels in its bin (> 100, 20-100, < 20); bins
+      # `eval.shot_bin_width` wide (1: integer ages).
+      results["test_shots"] = shot_metrics(predictions, dataset.test.y, dataset.train.y,
+                                           bin_width=config.eval.get("shot_bin_width", 1.0))
 
     def write_files(workdir: str) -> None:
       if test_predictions is not None:

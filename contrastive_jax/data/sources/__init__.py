@@ -15,6 +15,7 @@ name               data
 ``echonet``        EchoNet-Dynamic videos (``FileList.csv`` + ``Videos/*.avi``)
 ``mrnet``          MRNet knee MRI (per-plane ``.npy`` volumes + label CSVs)
 ``chaos``          CHAOS MR (DICOM series + PNG masks)
+``sts_b``          STS-B-DIR sentence pairs (GLUE TSV files) embedded with a GloVe-format word-vector file
 =================  ===============================================================================
 """
 
@@ -31,6 +32,7 @@ SOURCES: dict[str, str] = {
     'echonet': 'contrastive_jax.data.sources.echonet:load_echonet',
     'mrnet': 'contrastive_jax.data.sources.mrnet:load_mrnet',
     'chaos': 'contrastive_jax.data.sources.chaos:load_chaos',
+    'sts_b': 'contrastive_jax.data.sources.sts_b:load_sts_b',
 }
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from contrastive_jax.data.demo import Dataset
 from contrastive_jax.data.demo import Split
 
-KINDS = ('image', 'tabular', 'video', 'volume')
+KINDS = ('image', 'tabular', 'video', 'volume', 'text')
 
 
 # --------------------------------------------------------------------------------------------------

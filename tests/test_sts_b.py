@@ -1,0 +1,190 @@
+"""STS-B-DIR (ACCon Tab. 1 / 2, issue 13 item 7): the data source (tokenisation, vocabulary, word
+vectors and their out-of-vocabulary rows as the official DIR code), the BiLSTM pair encoder, and
+``configs/accon.py:sts_b`` end to end through ``python -m launch`` on a generated tiny STS-B tree with
+a generated GloVe-format embedding file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from contrastive_jax import data as data_lib
+from contrastive_jax import models
+from contrastive_jax.data.sources import sts_b
+from contrastive_jax.train import run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import accon  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+WORDS = ("A man woman dog cat is playing guitar piano the runs sleeps on grass a and . "
+         "Two people are eating").split()
+IN_FILE = [w for w in WORDS if w not in ("dog", "Two")]  # 'dog', 'Two': not in the vector file
+DIM = 6
+
+
+def _row(i, s1, s2, score):
+  return "\t".join([str(i), "main", "f", "2012", str(i), "none", "none", s1, s2, score])
+
+
+def write_sts_b(root, sizes=(32, 8, 8), seed=0):
+  """A tiny STS-B tree (the official files' columns) and a GloVe-format vector file."""
+  os.makedirs(root, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  rows_of = {}
+  for (part, filename), size in zip(sts_b.FILES.items(), sizes):
+    rows = [HEADER]
+    for i in range(size):
+      s1 = " ".join(rng.choice(WORDS[:-5], rng.integers(3, 8))) + "."
+      s2 = " ".join(rng.choice(WORDS[:-5], rng.integers(3, 8))) + "."
+      rows.append(_row(i, s1, s2, f"{0.2 * rng.integers(0, 26):.3f}"))
+    rows.append(_row(size, "A man is.", "A dog.", ""))  # no score: skipped
+    rows.append("short\trow")                          # too few columns: skipped
+    rows_of[part] = rows
+    with open(os.path.join(root, filename), "w", encoding="utf-8") as f:
+      f.write("\n".join(rows) + "\n")
+  vectors = np.round(np.random.default_rng(seed + 1).normal(size=(len(IN_FILE) + 1, DIM)), 6)
+  with open(os.path.join(root, "vectors.txt"), "w", encoding="utf-8") as f:
+    for word, vec in zip(IN_FILE + ["unused"], vectors):
+      f.write(word + " " + " ".join(f"{v:.6f}" for v in vec) + "\n")
+  return str(root), dict(zip(IN_FILE + ["unused"], vectors.astype(np.float32)))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+  return write_sts_b(tmp_path_factory.mktemp("sts_b"))
+
+
+@pytest.mark.parametrize("text,tokens", [
+    ("A man isn't playing the guitar.", ["A", "man", "is", "n't", "playing", "the", "guitar", "."]),
+    ('He said "hi, there" (twice)!', ["He", "said", "``", "hi", ",", "there", "''", "(", "twice",
+                                      ")", "!"]),
+    ("The cat's toy costs $5.50; we're done", ["The", "cat", "'s", "toy", "costs", "$", "5.50", ";",
+                                               "we", "'re", "done"]),
+    ("I cannot go. She left.", ["I", "can", "not", "go", ".", "She", "left", "."]),
+    ("Dr. Smith arrived.", ["Dr.", "Smith", "arrived", "."]),
+])
+def test_tokenize_follows_the_treebank_rules(text, tokens):
+  assert sts_b.tokenize(text) == tokens
+
+
+def test_vocabulary_and_word_vectors_as_the_official_code(tree, tmp_path):
+  root, vectors = tree
+  s1, s2, y = sts_b.read_pairs(os.path.join(root, "train_new.tsv"), max_seq_len=40)
+  assert len(s1) == len(s2) == len(y) == 32  # the row without a score and the short row skipped
+  vocab = sts_b.build_vocab([["b", "a", "b"], ["c", "a", "b"]], max_vocab=2)
+  assert vocab == {"b": 2, "a": 3}  # by frequency; 'c' beyond max_vocab -> unknown
+  ids = sts_b.token_ids([["a", "c", "b"]], vocab, 5)
+  np.testing.assert_array_equal(ids, [[3, sts_b.UNK, 2, sts_b.PAD, sts_b.PAD]])
+
+  vocab = sts_b.build_vocab(s1 + s2)
+  table, found = sts_b.embedding_table(os.path.join(root, "vectors.txt"), vocab, DIM, seed=0)
+  assert found == len([w for w in IN_FILE if w in vocab])
+  for word, index in vocab.items():
+    if word in vectors:  # a word in the file: its vector
+      np.testing.assert_array_equal(table[index], vectors[word])
+  assert "dog" in vocab and np.all(table[vocab["dog"]] != 0)  # not in the file: random N(0, 1)
+  np.testing.assert_array_equal(table[sts_b.PAD], 0.0)
+  assert np.all(table[sts_b.UNK] != 0)  # the unknown word keeps a random row too
+  again, _ = sts_b.embedding_table(os.path.join(root, "vectors.txt"), vocab, DIM, seed=0)
+  np.testing.assert_array_equal(again, table)  # seeded
+
+  bad = tmp_path / "bad.txt"
+  bad.write_text("man 1 2 3\n")
+  with pytest.raises(ValueError, match="line 1.*'man' has 3"):
+    sts_b.embedding_table(bad, vocab, DIM)
+
+
+def test_source_embeds_pairs_with_a_mask_channel(tree):
+  root, vectors = tree
+  ds = data_lib.load_dataset("sts_b", seed=0, root=root, embeddings="vectors.txt",
+                             embedding_dim=DIM, max_seq_len=5)
+  assert ds.kind == "text" and ds.name == "sts_b_dir"
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (32, 8, 8)
+  assert ds.train.x.shape == (32, 2, 5, DIM + 1) and ds.train.x.dtype == np.float32
+  s1, _, y = sts_b.read_pairs(os.path.join(root, "train_new.tsv"), max_seq_len=5)
+  np.testing.assert_allclose(ds.train.y, y)
+  item = ds.train.x[0]
+  first = s1[0]
+  np.testing.assert_array_equal(item[0, :, -1], [1.0] * len(first) + [0.0] * (5 - len(first)))
+  for pos, word in enumerate(first):
+    if word in vectors:
+      np.testing.assert_array_equal(item[0, pos, :DIM], vectors[word])
+  np.testing.assert_array_equal(item[0, len(first):], 0.0)
+  natural = data_lib.load_dataset("sts_b", seed=3, root=root, embeddings="vectors.txt",
+                                  embedding_dim=DIM, split_mode="natural")
+  assert natural.name == "sts_b_natural" and len(natural.train) == 32
+  every = lambda d: np.sort(np.concatenate([d.train.y, d.val.y, d.test.y]))
+  np.testing.assert_array_equal(every(natural), every(ds))  # the same pairs, re-partitioned
+  assert not np.array_equal(natural.test.y, ds.test.y)
+  with pytest.raises(ValueError, match="data.kwargs.embeddings"):
+    data_lib.load_dataset("sts_b", root=root)
+  with pytest.raises(FileNotFoundError, match="missing.txt"):
+    data_lib.load_dataset("sts_b", root=root, embeddings="missing.txt", embedding_dim=DIM)
+
+
+def test_bilstm_pair_encoder_shapes_and_padding():
+  encoder = models.ENCODERS["bilstm_pair"](hidden_size=4, num_layers=2, dropout=0.2)
+  rng = np.random.default_rng(0)
+  lengths = np.array([[3, 5], [1, 2], [5, 4]])
+  x = np.zeros((3, 2, 7, DIM + 1), np.float32)
+  for i, j in np.ndindex(3, 2):
+    x[i, j, :lengths[i, j], :DIM] = rng.normal(size=(lengths[i, j], DIM))
+    x[i, j, :lengths[i, j], DIM] = 1.0
+  variables = encoder.init(jax.random.PRNGKey(0), x, train=False)
+  apply = jax.jit(encoder.apply, static_argnames="train")
+  out = apply(variables, x, train=False)
+  chex.assert_shape(out, (3, 8 * 4))  # [u, v, |u - v|, u * v], u = 2 * hidden
+  u, v = out[:, :8], out[:, 8:16]
+  chex.assert_trees_all_close(out[:, 16:24], jnp.abs(u - v), atol=1e-6)
+  chex.assert_trees_all_close(out[:, 24:], u * v, atol=1e-6)
+  # Padding is masked: garbage in the padded positions changes nothing.
+  garbage = x.copy()
+  garbage[..., :DIM] += 9.0 * (x[..., DIM:] == 0)
+  chex.assert_trees_all_close(apply(variables, garbage, train=False), out, atol=1e-5)
+  # Dropout acts in training only, from the 'dropout' stream.
+  train = apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  assert not np.allclose(train, out)
+
+
+def test_accon_sts_b_config():
+  config = accon.get_config("sts_b")
+  assert config.data.name == "sts_b" and config.model.encoder == "bilstm_pair"
+  assert config.data.views == 1 and config.data.augment_kind == "identity"
+  assert config.loss.reg == "mse" and config.loss.gamma_con == 10.0
+  assert config.loss.contrastive.temperature == 1.0 and config.loss.contrastive.label_range == 5.0
+  assert (config.batch_size, config.optim.lr, config.num_train_steps) == (128, 1e-4, 40000)
+  assert config.eval.shot_bin_width == 0.1
+  assert run.config_identity(config)["eval"]["shot_bin_width"] == 0.1
+  assert "shot_bin_width" not in run.config_identity(accon.get_config("agedb"))["eval"]
+
+
+def test_accon_sts_b_launch_end_to_end(tree, tmp_path):
+  root, _ = tree
+  workdir = tmp_path / "run"
+  args = ["--config=configs/accon.py:sts_b", f"--config.data.root={root}",
+          "--config.data.kwargs.embeddings=vectors.txt", f"--config.data.kwargs.embedding_dim={DIM}",
+          "--config.data.kwargs.split_mode=balanced", "--config.data.kwargs.max_seq_len=6",
+          "--config.model.encoder_kwargs.hidden_size=4", "--config.model.encoder_kwargs.num_layers=1",
+          "--config.model.proj_dim=4", "--config.model.proj_hidden_dim=8", "--config.batch_size=8",
+          "--config.eval_batch_size=8", "--config.num_train_steps=2", "--config.eval_every=2",
+          "--config.checkpoint_every=2", "--config.log_every=2", f"--workdir={workdir}"]
+  done = subprocess.run([sys.executable, "-m", "launch", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ))
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.load(open(workdir / "results.json"))
+  assert results["dataset"] == "sts_b_dir" and results["steps"] == 2
+  for key in ("mae", "mse", "pearson", "spearman", "gmean", "r2"):
+    assert np.isfinite(results["test"][key]), key
+  shots = results["test_shots"]
+  assert sum(shots[g]["n"] for g in ("many", "medium", "few")) == shots["all"]["n"] == 8
+  assert shots["all"]["mae"] == pytest.approx(results["test"]["mae"], rel=1e-6)
