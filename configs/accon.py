@@ -47,7 +47,7 @@ imdb-wiki/ agree unless named; the paper's Appendix B is not in our copy):
 `:sts_b` trains on STS-B-Natural (Table 1: MAE, G-mean, Pearson); add
 `--config.data.kwargs.split_mode=balanced` for STS-B-DIR (Table 2: MSE, shot-wise). results.json
 has MAE, MSE, Pearson, Spearman, G-mean and R^2 (``test``) and the many / medium / few-shot MAE, MSE
-and G-mean (``test_shots``, 0.1-wide score bins). The DIR benchmark's model and trainer
+and G-mean (``test_shots``: the official STS-B shot bins, recipes.sts_b_dir). The DIR benchmark's model and trainer
 (recipes.sts_b_dir: BiLSTM + max pooling, [u, v, |u - v|, u * v], MSE, Adam 1e-4, batch 128, 400-step
 validation interval, 100 checks = 40,000 steps; no augmentation, one view) with the official ACCon
 STS-B run (Haifengtao/ACCon sts-b/, commit efd6610): README "Train a model using ACCON"

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 # (config module, variant): every paper variant added for issue 5.
 PAPER_VARIANTS = [(adacon, "bmd"), (adacon, "echonet"), (accon, "agedb"), (accon, "imdb_wiki"),
-                  (rnc, "agedb"), (supremix, "agedb")]
+                  (rnc, "agedb"), (supremix, "agedb"), (supremix, "imdb_wiki")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +208,14 @@ def test_age_configs_hyperparameters():
   assert (config.loss.gamma_reg, config.eval_with, config.num_train_steps) == (0.0, "ridge", 9500)
   assert rnc.get_config("agedb").loss.contrastive.temperature == 2.0
   assert supremix.get_config("agedb").loss.contrastive.temperature == 0.5
+  config = supremix.get_config("imdb_wiki")  # Mixup-Your-Own-Pairs imdb-wiki/train_supremix.py
+  assert (config.data.name, config.data.kwargs.dataset, config.data.kwargs.split_mode) == (
+      "dir_benchmark", "imdb_wiki", "balanced")
+  assert (config.model.encoder, config.batch_size, config.optim.lr, config.num_train_steps) == (
+      "resnet50", 64, 1e-3, 100 * (191500 // 64))
+  assert (config.loss.contrastive.temperature, config.model.proj_dim, config.eval_with) == (
+      0.3, 128, "ridge")
+  loop.check_config_fields(config)
 
 
 def test_existing_variants_unchanged_and_bad_variant():
@@ -242,8 +250,9 @@ def test_paper_variant_trains_checkpoints_and_evaluates(tmp_path, module, varian
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module,variant", [(accon, "agedb"), (accon, "imdb_wiki"),
-                                            (supremix, "agedb")],
-                         ids=["accon_agedb", "accon_imdb_wiki", "supremix_agedb"])
+                                            (supremix, "agedb"), (supremix, "imdb_wiki")],
+                         ids=["accon_agedb", "accon_imdb_wiki", "supremix_agedb",
+                              "supremix_imdb_wiki"])
 def test_more_paper_variants_train(tmp_path, module, variant):
   """ACCon's DIR runs share the data path of `:bmd` (head evaluation) and SupReMix RNC's pipeline."""
   root = fixture_root(tmp_path / "data", variant)

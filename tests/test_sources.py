@@ -251,7 +251,7 @@ def test_make_dataset_errors():
   with pytest.raises(ValueError, match=r"'toy'.*test split is empty"):
     base.make_dataset('toy', 'tabular', x, np.arange(4.0), parts)
   with pytest.raises(ValueError, match='kind'):
-    base.make_dataset('toy', 'text', x, np.arange(4.0), parts)
+    base.make_dataset('toy', 'audio', x, np.arange(4.0), parts)
   with pytest.raises(ValueError, match='4 inputs but 3 labels'):
     base.make_dataset('toy', 'tabular', x, np.arange(3.0), parts)
 

@@ -19,6 +19,7 @@ import pytest
 from contrastive_jax import data as data_lib
 from contrastive_jax import models
 from contrastive_jax.data.sources import sts_b
+from contrastive_jax.evaluate import shot_metrics
 from contrastive_jax.train import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +134,14 @@ def test_source_embeds_pairs_with_a_mask_channel(tree):
 
 
 def test_bilstm_pair_encoder_shapes_and_padding():
-  encoder = models.ENCODERS["bilstm_pair"](hidden_size=4, num_layers=2, dropout=0.2)
+  # Two layers (the official depth): the second reads both directions of the first (traced only).
+  two = models.ENCODERS["bilstm_pair"](hidden_size=4, num_layers=2)
+  shapes = jax.eval_shape(lambda k: two.init(k, jnp.zeros((3, 2, 7, DIM + 1)), train=False),
+                          jax.random.PRNGKey(0))["params"]
+  assert sorted(shapes) == ["lstm_0_backward", "lstm_0_forward", "lstm_1_backward", "lstm_1_forward"]
+  assert shapes["lstm_0_forward"]["ii"]["kernel"].shape == (DIM, 4)
+  assert shapes["lstm_1_backward"]["ii"]["kernel"].shape == (2 * 4, 4)
+  encoder = models.ENCODERS["bilstm_pair"](hidden_size=4, num_layers=1)  # dropout: training only
   rng = np.random.default_rng(0)
   lengths = np.array([[3, 5], [1, 2], [5, 4]])
   x = np.zeros((3, 2, 7, DIM + 1), np.float32)
@@ -151,9 +159,6 @@ def test_bilstm_pair_encoder_shapes_and_padding():
   garbage = x.copy()
   garbage[..., :DIM] += 9.0 * (x[..., DIM:] == 0)
   chex.assert_trees_all_close(apply(variables, garbage, train=False), out, atol=1e-5)
-  # Dropout acts in training only, from the 'dropout' stream.
-  train = apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-  assert not np.allclose(train, out)
 
 
 def test_accon_sts_b_config():
@@ -163,9 +168,20 @@ def test_accon_sts_b_config():
   assert config.loss.reg == "mse" and config.loss.gamma_con == 10.0
   assert config.loss.contrastive.temperature == 1.0 and config.loss.contrastive.label_range == 5.0
   assert (config.batch_size, config.optim.lr, config.num_train_steps) == (128, 1e-4, 40000)
-  assert config.eval.shot_bin_width == 0.1
-  assert run.config_identity(config)["eval"]["shot_bin_width"] == 0.1
-  assert "shot_bin_width" not in run.config_identity(accon.get_config("agedb"))["eval"]
+  assert config.eval.shots.to_dict() == dict(bin_width=0.1, many=100, few=30, top=5.0)
+  assert run.config_identity(config)["eval"]["shots"]["few"] == 30
+  assert "shots" not in run.config_identity(accon.get_config("agedb"))["eval"]
+
+
+def test_sts_b_shot_bins_as_the_official_code():
+  """50 bins of 0.1 over [0, 5] (DIR util.py STSShotAverage): float32 scores on a bin edge fall in
+  the bin they start, 5.0 in [4.9, 5.0]; many > 100, few < 30 training pairs."""
+  train = np.float32(np.repeat([1.8, 2.6, 4.95, 5.0, 0.3], [101, 30, 1, 100, 29]))
+  test = np.float32([1.8, 2.6, 5.0, 0.3, 4.0])
+  out = shot_metrics(test, test, train, bin_width=0.1, many=100, few=30, top=5.0)
+  assert (out["many"]["n"], out["medium"]["n"], out["few"]["n"]) == (2, 1, 2)  # 5.0: 101 in bin 49
+  out = shot_metrics(test, test, train, bin_width=0.1, many=100, few=30)  # 5.0 alone: 100, medium
+  assert (out["many"]["n"], out["medium"]["n"], out["few"]["n"]) == (1, 2, 2)
 
 
 def test_accon_sts_b_launch_end_to_end(tree, tmp_path):

@@ -69,7 +69,7 @@ def _subset_metrics(err: np.ndarray) -> dict:
 
 
 def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, many: int = 100,
-                 few: int = 20) -> dict:
+                 few: int = 20, top: float | None = None) -> dict:
   """Many / medium / few-shot metrics (Yang et al. 2021 ``shot_metrics``; used by RankSim, ConR, ...).
 
   A test example's shot group is set by the number ``c`` of TRAINING labels in its label's bin
@@ -83,6 +83,12 @@ def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, 
   the raw test labels, which equals ours for non-negative integer labels; ours floors both (so a
   non-integer test label is matched to its bin rather than counted as few-shot, and negative labels
   are floored rather than truncated toward 0). G-mean uses ``GMEAN_EPS`` as ``regression_metrics``.
+
+  ``y / bin_width`` is rounded to 6 decimals before the floor, so a float32 label on a bin edge
+  (1.8 in float32 is 1.79999995) falls in the bin it starts, as the official STS-B code's float32
+  comparison with float32 edges puts it. ``top``: the closed upper end of the label range; labels
+  equal to it join the bin below (``np.histogram``'s last bin, e.g. STS-B's score 5.0 in [4.9, 5.0]:
+  ``STSShotAverage`` of the DIR code, 50 bins over [0, 5]). None: no such bin.
   """
   p, t = _pair(predictions, targets, 1)
   train = host_vector(train_labels, "train_labels", min_size=1)
@@ -94,8 +100,12 @@ def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, 
     raise ValueError(f"`bin_width` must be a finite number > 0; got {bin_width!r}.")
   if not (np.isfinite(many) and np.isfinite(few)) or few < 0 or many < few:
     raise ValueError(f"Shot thresholds need 0 <= `few` <= `many`; got few={few!r}, many={many!r}.")
-  train_bins = np.floor(np.round(train / w, 9)).astype(np.int64)
-  test_bins = np.floor(np.round(t / w, 9)).astype(np.int64)
+  train_bins = np.floor(np.round(train / w, 6)).astype(np.int64)
+  test_bins = np.floor(np.round(t / w, 6)).astype(np.int64)
+  if top is not None:
+    last = int(np.floor(np.round(float(top) / w, 6))) - 1  # the bin that ends at `top`
+    train_bins = np.where(train >= top, np.minimum(train_bins, last), train_bins)
+    test_bins = np.where(t >= top, np.minimum(test_bins, last), test_bins)
   uniq, counts = np.unique(train_bins, return_counts=True)
   pos = np.clip(np.searchsorted(uniq, test_bins), 0, uniq.size - 1)
   count = np.where(uniq[pos] == test_bins, counts[pos], 0)

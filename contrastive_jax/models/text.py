@@ -50,9 +50,10 @@ class BiLSTMPairEncoder(nn.Module):
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     h = nn.Dropout(self.dropout, deterministic=not train)(embedded)
     for layer in range(self.num_layers):
-      forward = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype))
-      backward = nn.RNN(nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype), reverse=True,
-                        keep_order=True)
+      cell = lambda direction: nn.OptimizedLSTMCell(self.hidden_size, dtype=self.dtype,
+                                                    name=f'lstm_{layer}_{direction}')
+      forward = nn.RNN(cell('forward'))
+      backward = nn.RNN(cell('backward'), reverse=True, keep_order=True)
       # Zero initial states derived from the inputs, so that inside shard_map they vary over the
       # batch axis as the states the scan computes do.
       zero = 0.0 * h[:, 0, :1] * jnp.zeros((1, self.hidden_size), self.dtype)

@@ -144,9 +144,11 @@ def run_config() -> ml_collections.ConfigDict:
   c.eval.linear_probe_steps = 500  # full-batch SGD steps of the linear probe (knn_top1 protocol)
   c.eval.linear_probe_lr = 0.1
   c.eval.clip_mode = "first"       # videos: evaluation clip, 'first' or 'center' (AdaCon Sec. IV-B)
-  # Many / medium / few-shot groups in results.json (Yang et al. 2021): bins of this width, > 100 /
-  # < 20 training labels (1: integer ages; STS-B's 0-5 scores: 0.1, the official 50 bins).
-  c.eval.shot_bin_width = 1.0
+  # Many / medium / few-shot groups in results.json (Yang et al. 2021; evaluate.shot_metrics): a test
+  # label's group by the count of training labels in its bin, bins `bin_width` wide (1: integer
+  # ages), > `many` / < `few`; `top`: the closed top of the label range (None: none).
+  c.eval.shots = ml_collections.ConfigDict(dict(bin_width=1.0, many=100, few=20,
+                                                top=placeholder(float)))
 
   c.batch_size = placeholder(int)       # a recipe sets it
   c.num_train_steps = placeholder(int)  # a recipe sets it

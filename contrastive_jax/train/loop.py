@@ -474,10 +474,11 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
       else:  # Kept for fold ensembles (evaluate.crossval.fold_ensemble) and error analysis.
         test_predictions = predictions = evaluate.predictions(state, dataset.test)
       # Many / medium / few-shot metrics of the DIR benchmark (Yang et al. 2021): a test label's
-      # group is the number of training labels in its bin (> 100, 20-100, < 20); bins
-      # `eval.shot_bin_width` wide (1: integer ages).
+      # group is the number of training labels in its bin (`eval.shots`: > 100, 20-100, < 20 in
+      # unit-wide bins by default).
+      shots = config.eval.get("shots")
       results["test_shots"] = shot_metrics(predictions, dataset.test.y, dataset.train.y,
-                                           bin_width=config.eval.get("shot_bin_width", 1.0))
+                                           **(shots.to_dict() if shots is not None else {}))
 
     def write_files(workdir: str) -> None:
       if test_predictions is not None:
