@@ -84,9 +84,9 @@ def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, 
   non-integer test label is matched to its bin rather than counted as few-shot, and negative labels
   are floored rather than truncated toward 0). G-mean uses ``GMEAN_EPS`` as ``regression_metrics``.
 
-  ``y / bin_width`` is rounded to 6 decimals before the floor, so a float32 label on a bin edge
-  (1.8 in float32 is 1.79999995) falls in the bin it starts, as the official STS-B code's float32
-  comparison with float32 edges puts it. ``top``: the closed upper end of the label range; labels
+  ``y / bin_width`` is rounded to 4 decimals before the floor, so a float32 label on a bin edge
+  (2.6 in float32 is 2.59999990) falls in the bin it starts, as the official STS-B code's float32
+  comparison with float32 edges puts it (a label within 5e-5 bins below an edge joins that bin). ``top``: the closed upper end of the label range; labels
   equal to it join the bin below (``np.histogram``'s last bin, e.g. STS-B's score 5.0 in [4.9, 5.0]:
   ``STSShotAverage`` of the DIR code, 50 bins over [0, 5]). None: no such bin.
   """
@@ -100,10 +100,10 @@ def shot_metrics(predictions, targets, train_labels, *, bin_width: float = 1.0, 
     raise ValueError(f"`bin_width` must be a finite number > 0; got {bin_width!r}.")
   if not (np.isfinite(many) and np.isfinite(few)) or few < 0 or many < few:
     raise ValueError(f"Shot thresholds need 0 <= `few` <= `many`; got few={few!r}, many={many!r}.")
-  train_bins = np.floor(np.round(train / w, 6)).astype(np.int64)
-  test_bins = np.floor(np.round(t / w, 6)).astype(np.int64)
+  train_bins = np.floor(np.round(train / w, 4)).astype(np.int64)
+  test_bins = np.floor(np.round(t / w, 4)).astype(np.int64)
   if top is not None:
-    last = int(np.floor(np.round(float(top) / w, 6))) - 1  # the bin that ends at `top`
+    last = int(np.floor(np.round(float(top) / w, 4))) - 1  # the bin that ends at `top`
     train_bins = np.where(train >= top, np.minimum(train_bins, last), train_bins)
     test_bins = np.where(t >= top, np.minimum(test_bins, last), test_bins)
   uniq, counts = np.unique(train_bins, return_counts=True)

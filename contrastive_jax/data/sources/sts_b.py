@@ -36,11 +36,14 @@ Split modes (ACCon "Datasets"): ``'balanced'`` -- the three files (STS-B-DIR, Ta
 (STS-B-Natural, Tab. 1; ACCon ships its own partition as pickles, ``sts-b/glue_data/STS-B/
 *_natural.pkl``, which we do not read).
 
-Tokeniser: the official code calls ``nltk.word_tokenize`` (Punkt sentence splitting, then the
-Treebank word rules). NLTK is not a dependency here; :func:`tokenize` implements the Treebank word
-rules (quotes, punctuation, brackets, clitics such as ``n't`` / ``'s``) and splits sentences only
-where a period, ``?`` or ``!`` after a lower-case word or a number is followed by a space and a
-capital letter (Punkt also knows abbreviations). Tokens are case-sensitive, as GloVe 840B is.
+Tokeniser: the official code calls ``nltk.word_tokenize`` (Punkt sentence splitting, then
+``NLTKWordTokenizer``'s word rules); its Python 3.6 environment installs NLTK 3.6.7 at the newest.
+NLTK is not a dependency here: :func:`tokenize` implements those word rules (quotes, punctuation,
+brackets, clitics such as ``n't`` / ``'s``) and gives the same tokens as NLTK 3.6.7's
+``NLTKWordTokenizer`` on all 14,498 sentences of the STS-B-DIR files (checked). For sentences it
+splits only where a period, ``?`` or ``!`` after a lower-case word or a number is followed by a
+space and a capital letter (Punkt also knows abbreviations; one STS-B-DIR sentence has such a
+split). Tokens are case-sensitive, as GloVe 840B is.
 """
 
 from __future__ import annotations
@@ -63,20 +66,28 @@ COLUMNS = (7, 8, 9)  # sentence1, sentence2, score (tasks.py: s1_idx=7, s2_idx=8
 PAD, UNK = 0, 1       # AllenNLP's @@PADDING@@ and @@UNKNOWN@@ indices
 SPLIT_MODES = ('balanced', 'natural')
 
-# Treebank word rules (the order matters: quotes, punctuation, brackets, then clitics).
-_STARTING_QUOTES = [(re.compile(r'^"'), r'``'), (re.compile(r'(``)'), r' \1 '),
-                    (re.compile(r'([ (\[{<])("|\'{2})'), r'\1 `` ')]
-_PUNCTUATION = [(re.compile(r'([:,])([^\d])'), r' \1 \2'), (re.compile(r'([:,])$'), r' \1 '),
-                (re.compile(r'\.\.\.'), r' ... '), (re.compile(r'[;@#$%&]'), r' \g<0> '),
-                (re.compile(r'([^\.])(\.)([\]\)}>"\']*)\s*$'), r'\1 \2\3 '),
-                (re.compile(r'[?!]'), r' \g<0> '), (re.compile(r"([^'])' "), r"\1 ' ")]
+# The word rules of NLTK 3.6.7's NLTKWordTokenizer (the last NLTK for the official code's Python
+# 3.6): the Treebank rules plus Unicode quotes, '...', '*' and a quote opening a one-letter word.
+# Applied in this order: starting quotes, punctuation, brackets; then ending quotes and clitics.
+_CLOSERS = '\\]\\)}>"\'\u00bb\u201d\u2019 '
+_STARTING_QUOTES = [(re.compile('([\u00ab\u201c\u2018\u201e]|`+)'), r' \1 '),
+                    (re.compile(r'^"'), r'``'), (re.compile(r'(``)'), r' \1 '),
+                    (re.compile(r'([ (\[{<])("|\'{2})'), r'\1 `` '),
+                    (re.compile(r"(?i)(')(?!re|ve|ll|m|t|s|d|n)(\w)\b"), r'\1 \2')]
+_FINAL_PERIOD = re.compile(r'([^\.])(\.)([\]\)}>"\']*)\s*$')
+_PUNCTUATION = [(re.compile('([^\\.])(\\.)([' + _CLOSERS + ']*)\\s*$'), r'\1 \2 \3 '),
+                (re.compile(r'([:,])([^\d])'), r' \1 \2'), (re.compile(r'([:,])$'), r' \1 '),
+                (re.compile(r'\.{2,}'), r' \g<0> '), (re.compile(r'[;@#$%&]'), r' \g<0> '),
+                (_FINAL_PERIOD, r'\1 \2\3 '), (re.compile(r'[?!]'), r' \g<0> '),
+                (re.compile(r"([^'])' "), r"\1 ' "), (re.compile(r'[*]'), r' \g<0> ')]
 _BRACKETS = [(re.compile(r'[\]\[\(\)\{\}\<\>]'), r' \g<0> '), (re.compile(r'--'), r' -- ')]
-_ENDING_QUOTES = [(re.compile(r'"'), " '' "), (re.compile(r"(\S)('')"), r'\1 \2 '),
+_ENDING_QUOTES = [(re.compile('([\u00bb\u201d\u2019])'), r' \1 '), (re.compile(r"''"), " '' "),
+                  (re.compile(r'"'), " '' "),
                   (re.compile(r"([^' ])('[sS]|'[mM]|'[dD]|') "), r'\1 \2 '),
                   (re.compile(r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) "), r'\1 \2 ')]
 _CONTRACTIONS = [re.compile(p, re.IGNORECASE) for p in (
     r'\b(can)(not)\b', r"\b(d)('ye)\b", r'\b(gim)(me)\b', r'\b(gon)(na)\b', r'\b(got)(ta)\b',
-    r'\b(lem)(me)\b', r"\b(more)('n)\b", r'\b(wan)(na)(?=\s)', r"('t)(is)\b", r"('t)(was)\b")]
+    r'\b(lem)(me)\b', r"\b(more)('n)\b", r'\b(wan)(na)(?=\s)', r" ('t)(is)\b", r" ('t)(was)\b")]
 # A sentence end: a lower-case word (2+ letters) or a number, then . ? or !, a space, a capital.
 _SENTENCE_END = re.compile(r'(?:\b[a-z]{2,}|\d)[.?!](\s+)(?=[A-Z])')
 
@@ -95,7 +106,7 @@ def _word_tokenize(sentence: str) -> list[str]:
 
 
 def tokenize(text: str) -> list[str]:
-  """Word tokens of ``text`` (``nltk.word_tokenize``'s Treebank rules; see the module docstring).
+  """Word tokens of ``text`` (``nltk.word_tokenize``'s rules; see the module docstring).
 
   >>> tokenize("A man isn't playing the guitar.")
   ['A', 'man', 'is', "n't", 'playing', 'the', 'guitar', '.']
