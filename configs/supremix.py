@@ -8,6 +8,12 @@ Variants: `configs/supremix.py:digits_angle` (default), `:diabetes` (bundled; mu
   python -m launch --config=configs/supremix.py:agedb --config.data.root=/data/dir --workdir=runs/supremix_agedb
   python -m launch --config=configs/supremix.py:imdb_wiki --config.data.root=/data/dir --workdir=runs/supremix_imdb
 
+and `:sts_b` on the DIR benchmark's STS-B files with your GloVe-format word vectors (the `sts_b`
+source, recipes.sts_b_dir):
+
+  python -m launch --config=configs/supremix.py:sts_b --config.data.root=/data/STS-B \
+      --config.data.kwargs.embeddings=/data/glove/glove.840B.300d.txt --workdir=runs/supremix_sts_b
+
 The paper's data sets. Our copy of the paper (shared/papers) is a summary: it names six data sets
 "spanning MRI, X-ray, ultrasound, and PET" (the arXiv v4 keywords: brain age, bone age, ejection
 fraction, amyloid SUVR) without listing them; the official repository's README lists the six data
@@ -18,10 +24,7 @@ here:
   * IMDB-WIKI-DIR (public download; the DIR benchmark's imdb_wiki.csv): `:imdb_wiki`, the same
     source.
   * STS-B-DIR (public: the split files ship in the DIR repository; GloVe is a separate download):
-    the data run through the `sts_b` source (configs/accon.py:sts_b is its BiLSTM pipeline), but no
-    SupReMix variant: the official sts-b-dir/train_cl.py makes the two views of a sentence pair
-    inside its own model (`--use_proj --projector_dim 128 --temperature 0.1 --n 1.0 --batch_size
-    128`), which we have not reproduced.
+    `:sts_b`, the `sts_b` source (below).
   * UCI-airfoil (public, UCI repository: 1,503 rows, 5 numeric features, sound pressure in dB):
     not runnable: no source reads a numeric CSV table (csv_images reads images; tfds has no
     airfoil).
@@ -68,6 +71,18 @@ batch 64 (:58) (191,500 // 64 = 2,992 steps an epoch, 299,200 steps); resnet50 (
 (:53, :132), x0.1 at epoch 80 (:57), Beta(2, 8) for `--beta 0` (:194-195), n = 5 (:41), L1_inv
 (:33), dim 128 (:37), the same projection head (resnet.py:147, :172-175) and two views of the
 same augmentation (datasets.py:41-51); its README command is the same.
+`:sts_b` (sts-b-dir/, same commit): README command `train_cl.py --contrastive_method supremix
+--use_weight --use_proj --projector_dim 128 --temperature 0.1 --beta 0 --n 1.0 --batch_size 128`;
+the DIR benchmark's BiLSTM encoder, data and trainer otherwise (train_cl.py:74-98: max_seq_len 40,
+300-d frozen vectors, d_hid 1500, 2 layers, dropout 0.2, Adam lr 1e-4, 400-step validation
+interval, 100 checks; recipes.sts_b_dir); one view of each pair, no augmentation (trainer.py:184-
+186 `embs.unsqueeze(1)`); projector Linear(12000, 128)-ReLU-Linear(128, 128), then L2
+(models.py:80-84, :107-109: ours the same, `proj_hidden_dim=128`, no BN); Beta(2, 8) for `--beta 0`
+(myop.py:43-44); stage 2 train_linear.py: a linear regressor (MSE, Adam 1e-4, batch 128) on the
+frozen encoder [ours: the ridge probe of the frozen 12,000-d pair features].
+Official-code quirk, not reproduced: trainer.py:178 passes `mix_neg` / `mix_pos` only for the
+method names 'myop_neg' / 'myop_pos' / 'myop', so `--contrastive_method supremix` builds no mixtures
+there (plain SupCon with distance magnifying); ours builds them (the paper's method).
 The paper's appendix is not in our copy (shared/papers has a summary only), so these values are the
 official code's defaults and README command (`python train_supremix.py --contrastive_method
 supremix`), not cross-checked against the paper's text.
@@ -78,7 +93,7 @@ import ml_collections
 from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import run_config
 
-VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki")
+VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki", "sts_b")
 
 # The official runs' values that differ between agedb-dir/ and imdb-wiki/ train_supremix.py:
 # temperature (:32 / :34), batch (:56 / :58).
@@ -123,5 +138,17 @@ def get_config(variant: str = "digits_angle"):
     recipes.epochs(config, recipes.DIR_TRAIN_SIZES[variant], 100, eval_epochs=10)
     # Two stages: the encoder by L_SupReMix alone, then a linear regressor on the frozen backbone
     # features (train_linear.py), here the ridge probe.
+    recipes.self_supervised(config, probe="ridge")
+  if variant == "sts_b":
+    # The DIR benchmark's STS-B BiLSTM pipeline (one view, no augmentation) with the official
+    # SupReMix STS-B command (module docstring).
+    recipes.sts_b_dir(config, split_mode="balanced")  # STS-B-DIR
+    config.loss.contrastive.temperature = 0.1  # `--temperature 0.1`
+    config.loss.contrastive.window = 1.0       # `--n 1.0` (scores 0-5)
+    config.model.proj_dim = 128                # `--use_proj --projector_dim 128`:
+    config.model.proj_hidden_dim = 128         # Linear(12000, 128)-ReLU-Linear(128, 128), then L2
+    config.loss.features = "projection"
+    # Two stages: L_SupReMix alone, then a linear regressor on the frozen pair features
+    # (train_linear.py), here the ridge probe.
     recipes.self_supervised(config, probe="ridge")
   return config

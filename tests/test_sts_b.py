@@ -24,7 +24,7 @@ from contrastive_jax.train import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from configs import accon  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import accon, supremix  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
 WORDS = ("A man woman dog cat is playing guitar piano the runs sleeps on grass a and . "
@@ -179,6 +179,15 @@ def test_accon_sts_b_config():
   assert "shots" not in run.config_identity(accon.get_config("agedb"))["eval"]
 
 
+def test_supremix_sts_b_config():
+  config = supremix.get_config("sts_b")  # Mixup-Your-Own-Pairs sts-b-dir README command
+  assert (config.data.name, config.data.kwargs.split_mode, config.data.views) == ("sts_b", "balanced", 1)
+  assert (config.loss.contrastive.temperature, config.loss.contrastive.window) == (0.1, 1.0)
+  assert (config.model.proj_dim, config.model.proj_hidden_dim, config.model.proj_batch_norm) == (
+      128, 128, False)
+  assert (config.loss.gamma_reg, config.eval_with, config.batch_size) == (0.0, "ridge", 128)
+
+
 def test_sts_b_shot_bins_as_the_official_code():
   """50 bins of 0.1 over [0, 5] (DIR util.py STSShotAverage): float32 scores on a bin edge fall in
   the bin they start, 5.0 in [4.9, 5.0]; many > 100, few < 30 training pairs."""
@@ -210,3 +219,20 @@ def test_accon_sts_b_launch_end_to_end(tree, tmp_path):
   shots = results["test_shots"]
   assert sum(shots[g]["n"] for g in ("many", "medium", "few")) == shots["all"]["n"] == 8
   assert shots["all"]["mae"] == pytest.approx(results["test"]["mae"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_supremix_sts_b_trains(tree, tmp_path):
+  """SupReMix's STS-B variant on the tiny tree: one view, mixtures, then the ridge probe."""
+  from contrastive_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  root, _ = tree
+  config = supremix.get_config("sts_b")
+  config.data.root = root
+  config.data.kwargs.update(embeddings="vectors.txt", embedding_dim=DIM, max_seq_len=6)
+  config.model.encoder_kwargs.update(hidden_size=4, num_layers=1)
+  config.model.proj_dim = config.model.proj_hidden_dim = 4
+  config.batch_size = config.eval_batch_size = 8
+  config.num_train_steps = config.eval_every = config.checkpoint_every = 2
+  results = train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["dataset"] == "sts_b_dir" and results["eval_with"] == "ridge"
+  assert np.isfinite(results["test"]["mae"]) and results["test_shots"]["all"]["n"] == 8
