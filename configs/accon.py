@@ -56,10 +56,15 @@ STS-B run (Haifengtao/ACCon sts-b/, commit efd6610): README "Train a model using
 (R = 5, the score range) and `temperature=1` (the README's `--temperature 0.05` does not reach it);
 trainer.py:175-179 one view of each pair, positives = equal scores rounded to 0.1 (loss.py:448).
 Ours for `:sts_b`: R = 5, tau = 1, gamma = 10, a 2000-d projection, positives = exactly equal scores
-(STS-B's scores are averages of 0-5 ratings on a 0.2 grid, with a few others: rounding to 0.1 joins
-only those few). The official ACCon model (models.py:201-203, :286-290) projects the 12,000-d pair
+[not reproduced: the official rounding to 0.1. 88 % of the STS-B-DIR scores lie on a 0.2 grid, the
+others not (0.25, 0.333, 0.5, ...): the 163 distinct scores form 51 rounded groups, so the official
+loss has more positive pairs; the loss's `bin_width` floors y / w in float32, which splits scores
+such as 2.6 from their bin, so it is not a substitute]. The official ACCon model (models.py:153-154 via train.py:193-194, :288-291) projects the 12,000-d pair
 feature by one Linear(12000, 2000), L2-normalises it and regresses with Linear(2000, 1) with bias [ours:
-Dense(2000)-ReLU-Dense(2000), then the bias-free predictor below].
+Dense(2000)-ReLU-Dense(2000), then the bias-free predictor below]. Its MSE is on ``score / 5``
+(models.py:305-317), ours on standardised scores, which makes L_reg 25 / std(y)^2 (~11 on
+STS-B-DIR, std 1.48) times larger: at gamma = 10 the regulariser weighs ~11 times less against
+L_reg than officially; `--config.loss.gamma_con=114` restores the official balance.
 
 Not reproduced (this trainer's model and data pipeline cannot express them):
   * Heads: official contraNet_ada_emb (agedb/resnet.py:379-399): projection = one Linear(2048,

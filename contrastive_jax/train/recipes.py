@@ -148,12 +148,13 @@ def sts_b_dir(config: ml_collections.ConfigDict,
   (util.py ``STSShotAverage._shot_idx``; any few-threshold from 28 to 35 does, 20 does not).
 
   Checked against YyzHarry/imbalanced-regression sts-b-dir/ (ACCon's sts-b/ has the same values):
-  train.py:36 glove.840B.300d.txt, :45 max_seq_len 40, :46 max_word_v_size 30000, :51 d_word 300,
-  :53 train_words 0 (frozen), :57 d_hid 1500, :58 n_layers_enc 2, :59 n_layers_highway 0,
-  :60 dropout 0.2, :63 batch 128, :64 adam, :65 lr 1e-4, :66 loss mse, :70 val_interval 400,
-  :71 max_vals 100; trainer.py:21 Adam weight_decay 1e-5 (torch's coupled L2), :24 grad_norm 5;
-  models.py:47-94 the encoder and Linear(4 * 2 * d_hid, 1) regressor, the MSE on ``label / 5``;
-  util.py STSShotAverage: 50 bins of 0.1 and fixed many / medium / few bin lists.
+  train.py:29 glove.840B.300d.txt, :38 max_seq_len 40, :39 max_word_v_size 30000, :43 d_word 300,
+  :45 train_words 0 (frozen), :48 d_hid 1500, :49 n_layers_enc 2, :50 n_layers_highway 0,
+  :51 dropout 0.2, :54 batch 128, :55 adam, :56 lr 1e-4, :57 loss mse, :60 val_interval 400,
+  :61 max_vals 100; trainer.py:21 Adam weight_decay 1e-5 (torch's coupled L2), :23 grad_norm 5
+  (``--max_grad_norm``); models.py:16-81 the encoder (:116-) and Linear(4 * 2 * d_hid, 1) regressor,
+  :101-106 the MSE on ``label / 5``; util.py:101-113 STSShotAverage: 50 bins of 0.1, fixed many /
+  medium / few bin lists.
   Not reproduced: the gradient-norm clipping at 5 (this trainer has no clipping); early stopping
   (patience 10 checks of the validation MSE; we train all 100 checks and keep the best validation
   MAE); targets ``y / 5`` (ours: standardised, ``data.normalize_targets``; MSE is then 25 / std(y)^2
