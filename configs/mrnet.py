@@ -133,7 +133,7 @@ def get_config(variant: str = "table3_3_skid") -> ml_collections.ConfigDict:
   else:
     c.model.arch = "slice_max"
     c.model.encoder = "resnet101" if variant == "table4_6_model5" else "resnet50"
-    c.model.encoder_kwargs = ml_collections.ConfigDict(dict(stem="imagenet"))
+    c.model.encoder_kwargs = ml_collections.ConfigDict(dict(stem="imagenet", num_filters=64))
 
   c.loss = ml_collections.ConfigDict()
   # SKID: weighted BCE, the minority class of each task weighted n_major / n_minor ([CODE], A6);

@@ -461,7 +461,10 @@ class ConvLSTM(nn.Module):
       raise ValueError(f'ConvLSTM expects [N, T, H, W, C] inputs, got shape {x.shape}.')
     scan = nn.scan(ConvLSTMCell, variable_broadcast='params', split_rngs={'params': False},
                    in_axes=1, out_axes=1)
-    carry = ConvLSTMCell.initial_carry((x.shape[0],) + x.shape[2:4], self.features, x.dtype)
+    # Zeros derived from x, so that inside shard_map the carry varies over the batch axis as x does.
+    base = jnp.zeros_like(x[:, 0, :, :, :1])
+    zeros = jnp.broadcast_to(base, base.shape[:-1] + (self.features,))
+    carry = (zeros, zeros)
     _, hs = scan(self.features, self.kernel_size, name='cell')(carry, x)
     return hs
 
