@@ -16,7 +16,8 @@ Variants, named after the thesis table each reproduces (values of Sec. 3.5.2.2 /
   One run per plane; the 3 runs' ensemble (Eq. 3.1-3.4) by ``projects.mrnet.ensemble``.
 * ``table3_5_skid_noblocks``: the same on SKIDv3-NoBlocks (Tables 3.5 / 3.6).
 * ``table3_10_sslacl``: SSLACL Divide-and-Teach (Alg. 3.3, Fig. 3.6; Tables 3.4, 3.7, 3.8, 3.10
-  "Proposed"): ACL, sagittal, 36 slices, batch 1, Adam 1e-5, ACL tears oversampled to balance.
+  "Proposed"): ACL, sagittal, 36 slices, batch 1 (one device; the batch must divide over the
+  devices), Adam 1e-5, ACL tears oversampled to balance.
 * ``table3_10_model1`` / ``table3_10_model2``: Table 3.10's classifier ablations.
 * ``table4_4``: Ch. 4 fine-tuning of a ResNet-50 BCL encoder (Fig. 4.4; Tables 4.4-4.6 models 1-4
   and Fig. 4.6 model 6, which differ only in their pretraining): max over 16 slices + Linear, all

@@ -399,6 +399,30 @@ def test_ch3_downstream_from_a_pretext_run(mrnet_root, tmp_path, variant):
 
 
 @pytest.mark.slow
+def test_bcl_mrnet_starts_from_imagenet_format_weights(mrnet_root, tmp_path, caplog):
+  """The thesis' ImageNet start (Sec. 4.6) by ``model.init_from``: a torchvision-format ResNet-18
+  file (generated, 3 input channels) fits the 3-channel MRNet slices of configs/bcl.py:mrnet."""
+  from tests.test_init_from import save_safetensors  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from tests.test_init_from import torch_resnet18_state_dict  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  path = save_safetensors(tmp_path / "resnet18.safetensors", torch_resnet18_state_dict(channels=3))
+  config = tiny(bcl.get_config("mrnet"), steps=2)
+  config.model.encoder = "resnet18"
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(stem="cifar", num_filters=4))
+  config.model.proj_dim = 8
+  config.model.init_from = path
+  config.data.root = mrnet_root
+  config.data.kwargs.update(slices=4, size=SIDE)
+  config.data.augment.size = SIDE
+  config.batch_size = config.eval_batch_size = 4
+  config.eval.knn_k = 3
+  config.optim.name, config.optim.lr = "sgd", 0.01
+  with caplog.at_level("INFO", logger="contrastive_jax"):
+    results = train_and_evaluate(config, str(tmp_path / "run"))
+  assert "Initialised the encoder from" in caplog.text
+  assert np.isfinite(results["test"]["mae"])
+
+
+@pytest.mark.slow
 def test_launch_command_line(mrnet_root, tmp_path):
   """The documented command, as a process: results.json with AUC / sens / spec intervals."""
   workdir = tmp_path / "run"
