@@ -11,7 +11,10 @@ projector 2048 -> ReLU -> 512 without BatchNorm as printed, batch 64, LARS lr 0.
 ImageNet start as the thesis credits it (Sec. 4.6), from torchvision's file:
   python -m launch --config=configs/bcl.py:mrnet --config.data.root=/data/MRNet \
       --config.model.init_from=/weights/resnet50-0676ba61.pth --workdir=runs/bcl_sagittal
-Fine-tuning on the 9 (plane, task) pairs and their ensemble: ``configs/mrnet.py:table4_4``.
+Table 4.2's other pretraining models by overrides: 2 ``--config.model.proj_dim=1024``; 3
+``--config.method=binary_contrastive_combo`` (tau_c = 0.33 is the loss default); 4 both; 5 both and
+``--config.model.encoder=resnet101 --config.batch_size=32 --config.num_train_steps=3100`` (100
+epochs). Fine-tuning on the 9 (plane, task) pairs and their ensemble: ``configs/mrnet.py:table4_4``.
 """
 
 from contrastive_jax.train import recipes
