@@ -1,6 +1,6 @@
 """MRNet exams for the downstream classifiers (thesis Ch. 3 Sec. 3.5.2.2, Ch. 4 Sec. 4.5.2.2).
 
-An exam keeps its real slice count ``N_S`` (MRNet: 17 to 61 slices, 30.4 on average), so the slices a
+An exam keeps its real slice count ``N_S`` (MRNet: 30.4 on average, Sec. 3.5.1), so the slices a
 classifier sees are drawn per exam, on the host, and only those are read (``np.load(mmap_mode='r')``):
 
 * training: ``k`` slices ``~ U{0..N_S-1}`` without replacement (with replacement when ``N_S < k``),
