@@ -5,19 +5,27 @@ a 3x3 grid of 21x21 patches cropped to 16x16, nets of the thesis topology with 1
 100 permutation classes (SSLACL, seed 0: test accuracy 14% against 1% chance):
   python -m launch --config=configs/jigsaw.py --workdir=/tmp/jigsaw              # SSLACL
   python -m launch --config=configs/jigsaw.py:skid_v3 --workdir=/tmp/skid_v3
-The thesis values are given in the comments (Sec. 3.4.1, 3.5.2.1; Tables 3.1, 3.9, 3.12); for them
-use MRNet slices (256x256, patches 85, crops 64) and ``--config.model.width_factor=1``.
+The thesis values are given in the comments (Sec. 3.4.1, 3.5.2.1; Tables 3.1, 3.9, 3.12). The
+``*_mrnet`` variants set them: MRNet slices (256x256, patches 85, crops 64; one uniformly drawn slice
+of each scan per step), the full-width nets, 1000 classes, RMSProp 1e-4 x0.95 per epoch, 50 epochs;
+one run per plane (spec B4), whose workdir starts the downstream configs/mrnet.py:
+  python -m launch --config=configs/jigsaw.py:skid_v3_mrnet --config.data.root=/data/MRNet \
+      --config.data.kwargs.plane=axial --workdir=runs/skid_v3_axial
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-VARIANTS = ('sslacl', 'skid_v1', 'skid_v2', 'skid_v3')
+VARIANTS = ('sslacl', 'skid_v1', 'skid_v2', 'skid_v3', 'sslacl_mrnet', 'skid_v1_mrnet',
+            'skid_v2_mrnet', 'skid_v3_mrnet')
+MRNET_TRAIN_EXAMS = 1017  # MRNet's 1130 training exams less the 10 % val carve-out
 
 
 def get_config(variant: str = 'sslacl') -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f'Unknown config variant {variant!r}; expected one of {VARIANTS}.')
+  mrnet = variant.endswith('_mrnet')
+  variant = variant[:-len('_mrnet')] if mrnet else variant
   c = ml_collections.ConfigDict()
   c.task = 'jigsaw'                 # launcher: contrastive_jax.projects.jigsaw.task.train_pretext
   c.method = variant
@@ -87,4 +95,32 @@ def get_config(variant: str = 'sslacl') -> ml_collections.ConfigDict:
   c.stop_at_step = -1
   c.resume = 'auto'
   c.nonfinite = 'stop'
+  if mrnet:
+    _mrnet(c, variant)
   return c
+
+
+def _mrnet(c: ml_collections.ConfigDict, variant: str) -> None:
+  """The thesis' pretext set-up on MRNet (Sec. 3.4.1, 3.5.2.1, Tables 3.9 / 3.12)."""
+  c.data.name = 'mrnet'
+  c.data.root = placeholder(str)    # required: --config.data.root=/data/MRNet
+  # 16 slices per scan (nearest resampling), one drawn per step; the labels are unused.
+  c.data.kwargs = ml_collections.ConfigDict(dict(plane='sagittal', task='acl', slices=16, size=256,
+                                                 workers=4))
+  c.jigsaw.num_classes = 1000       # the downstream models start from the 1000-class runs
+  c.jigsaw.crop_size = 64
+  c.jigsaw.augment.translations = (-6.0, 0.0, 6.0)  # +-floor(0.1 * 64)
+  c.model.width_factor = 1.0
+  c.batch_size = 32 if variant == 'sslacl' else 16
+  epochs = 50
+  c.num_train_steps = epochs * (MRNET_TRAIN_EXAMS // c.batch_size)
+  c.optim.name = 'rmsprop'
+  c.optim.lr = 1e-4
+  c.optim.schedule = 'step'
+  c.optim.decay_factor = 0.95
+  c.optim.decay_boundaries = tuple(e / epochs for e in range(1, epochs))
+  c.optim.warmup_steps = 0
+  c.eval_batch_size = 32
+  c.max_eval_examples = -1
+  c.eval_every = MRNET_TRAIN_EXAMS // c.batch_size
+  c.checkpoint_every = c.eval_every

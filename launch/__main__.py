@@ -44,6 +44,7 @@ TASKS = {
     "regression": "contrastive_jax.train.loop:train_and_evaluate",
     "jigsaw": "contrastive_jax.projects.jigsaw.task:train_pretext",
     "cowpro": "contrastive_jax.projects.cowpro.task:train_cowpro",
+    "mrnet": "contrastive_jax.projects.mrnet.task:train_downstream",
 }
 
 

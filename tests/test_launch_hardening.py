@@ -167,7 +167,8 @@ def test_trainers_refuse_bad_run_control_first(tmp_path, task):
   train = launcher._trainer(task)  # pylint: disable=protected-access
   config = {"regression": lambda: base_config("diabetes"),
             "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
-            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[task]()
+            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config(),
+            "mrnet": lambda: importlib.import_module("configs.mrnet").get_config()}[task]()
   config.checkpoint_every = 0
   with pytest.raises(ValueError, match="`checkpoint_every`"):
     train(config, str(tmp_path / "run"))
@@ -195,7 +196,8 @@ def test_every_task_is_a_project_or_the_loop_on_the_run_skeleton(tmp_path, monke
   monkeypatch.setattr(run_lib, "run", lambda *args: calls.append(args) or {"steps": 0})
   config = {"regression": lambda: base_config("diabetes"),
             "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
-            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config()}[task]()
+            "cowpro": lambda: importlib.import_module("configs.cowpro").get_config(),
+            "mrnet": lambda: importlib.import_module("configs.mrnet").get_config()}[task]()
   assert trainer(config, str(tmp_path / "run")) == {"steps": 0}
   (config_arg, workdir, make_task, _), = calls
   assert config_arg is config and workdir == str(tmp_path / "run")

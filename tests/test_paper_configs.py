@@ -424,30 +424,10 @@ def test_data_errors(tmp_path):
     loop.video_eval_preprocess(bad_clip)
 
 
-def test_bcl_mrnet_trains_on_random_slices_of_volumes(tmp_path):
-  """configs/bcl.py:mrnet end to end on a tiny MRNet tree: each view draws a random slice of its
-  scan (``loop.random_slice``), evaluation embeds the middle slice (``loop.middle_slice``)."""
-  from configs import bcl  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from tests.test_sources_media import _make_mrnet  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  root = tmp_path / "MRNet"
-  _make_mrnet(str(root))
-  config = small_cnn(tiny(bcl.get_config("mrnet")))
-  config.data.root = str(root)
-  config.data.kwargs.update(slices=4, size=8)
-  config.data.augment.size = 8
-  config.batch_size = 4
-  config.eval_batch_size = 4
-  config.eval.knn_k = 3
-  config.optim.name = "sgd"
-  config.optim.lr = 0.01
-  workdir = str(tmp_path / "run")
-  results = train_and_evaluate(config, workdir)
-  check_run(results, workdir, config)
-
-
 def test_volume_slicing_helpers():
   x = jnp.arange(2 * 5 * 3 * 3 * 1, dtype=jnp.float32).reshape(2, 5, 3, 3, 1)
   chex.assert_trees_all_equal(loop.middle_slice(x), x[:, 2])
+  # (The views of 'same' / 'different' slice pairs: tests/test_mrnet.py.)
   picked = loop.random_slice(lambda key, images: images)(jax.random.PRNGKey(0), x)
   assert picked.shape == (2, 3, 3, 1)
   for b in range(2):  # every output is one whole slice of its own volume

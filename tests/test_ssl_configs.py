@@ -143,6 +143,9 @@ def test_thesis_hyperparameters():
   assert (m.batch_size, m.optim.name, m.optim.lr, m.optim.warmup_steps) == (64, "lars", 0.1, 0)
   assert (m.model.encoder, m.model.proj_hidden_dim, m.model.proj_dim) == ("resnet50", 2048, 512)
   assert m.data.name == "mrnet" and m.data.augment.size == 224
+  # Sec. 4.4.3 as printed: Linear 2048 -> 2048, ReLU, Linear -> 512, no BatchNorm; Sec. 4.5.2.1: both
+  # views from one random slice; 3 channels so that ImageNet weights (model.init_from) fit.
+  assert not m.model.proj_batch_norm and m.data.slice_pairs == "same" and m.data.kwargs.channels == 3
 
 
 # --------------------------------------------------------------------------------------------------

@@ -120,6 +120,7 @@ MODELS: dict[str, Callable[..., Any] | str] = {
     'regression': build_regressor,
     'jigsaw': 'contrastive_jax.projects.jigsaw.model:build',
     'cowpro': 'contrastive_jax.projects.cowpro.model:build',
+    'mrnet': 'contrastive_jax.projects.mrnet.model:build',
 }
 
 
@@ -134,10 +135,12 @@ def build_model(model_config: Any, axis_name: str | None = None, *, task: str = 
     task: a key of ``MODELS`` ('regression' (default), 'jigsaw', 'cowpro').
     **kwargs: what the task's builder needs beyond ``config.model``: 'regression'
       ``input_normalization`` (see :func:`build_regressor`); 'jigsaw' ``num_classes``
-      (``config.jigsaw.num_classes``); 'cowpro' none.
+      (``config.jigsaw.num_classes``); 'cowpro' none; 'mrnet' ``num_outputs`` (one
+      logit per task of ``config.data.tasks``).
 
   Returns:
-    ``ContrastiveRegressor`` ('regression'), ``SSLACLNet`` / ``SKIDNet`` ('jigsaw'), ``CoWPro``.
+    ``ContrastiveRegressor`` ('regression'), ``SSLACLNet`` / ``SKIDNet`` ('jigsaw'), ``CoWPro``,
+    ``SKIDDownstream`` / ``DivideAndTeachClassifier`` / ``SliceMaxClassifier`` ('mrnet').
   """
   if task not in MODELS:
     raise ValueError(f'Unknown task={task!r} for build_model; expected one of {sorted(MODELS)}.')

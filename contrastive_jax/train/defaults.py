@@ -60,6 +60,9 @@ def run_config() -> ml_collections.ConfigDict:
   # 'regression', 'bmd', 'echonet'); None: the dataset's kind ('image' / 'tabular' / 'video' ->
   # 'echonet').
   c.data.augment_kind = placeholder(str)
+  # MR volumes (kind 'volume'): 'same' = both views of a scan from one random slice, augmented twice
+  # (thesis Sec. 4.5.2.1); 'different' = each view its own random slice (train.loop.slice_pairs).
+  c.data.slice_pairs = "same"
   c.data.root = placeholder(str)   # data folder of a file source, passed as `root=` when set
   # Training batches built ahead of the step by a background thread, each already on the devices
   # (train.run, data.prefetch); 0: built in the loop. Not part of the run's identity.

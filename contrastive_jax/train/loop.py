@@ -342,7 +342,37 @@ def make_augment_fn(config: ml_collections.ConfigDict, kind: str) -> Callable:
     raise ValueError(f"Data of kind {kind!r} has no default augmentation; set "
                      "`data.augment_kind` (see contrastive_jax.data.augment.get_augment_fn).")
   augment = data_lib.get_augment_fn(name, **config.data.augment)
-  return random_slice(augment) if kind == "volume" else augment
+  return random_slice(augment) if slice_pairs(config, kind) == "different" else augment
+
+
+# `data.slice_pairs`: how the views of an MR volume are made (see :func:`slice_pairs`).
+SLICE_PAIRS = ("same", "different")
+
+
+def slice_pairs(config: ml_collections.ConfigDict, kind: str) -> Optional[str]:
+  """``data.slice_pairs`` for volumes (None for other data): 'same' (default; thesis Sec. 4.5.2.1,
+  "we sampled a slice F randomly from each MR scan and then augmented the sampled slice in two
+  different ways": both views of a scan come from ONE random slice, :func:`select_slice`) or
+  'different' (each view draws its own random slice, :func:`random_slice`: positives are two
+  slices of one scan, the behaviour before this field existed)."""
+  if kind != "volume":
+    return None
+  pairs = config.data.get("slice_pairs", "same")
+  if pairs not in SLICE_PAIRS:
+    raise ValueError(f"Unknown `data.slice_pairs`={pairs!r}; expected one of {SLICE_PAIRS}.")
+  return pairs
+
+
+def make_select_fn(config: ml_collections.ConfigDict, kind: str) -> Optional[Callable]:
+  """The per-sample input selection before the views (``step.augment_views``' ``select_fn``):
+  :func:`select_slice` for volumes with ``data.slice_pairs='same'``, else None."""
+  return select_slice if slice_pairs(config, kind) == "same" else None
+
+
+def select_slice(key, x):
+  """Volumes ``[b, S, H, W, C] -> [b, H, W, C]``: one slice of each scan, uniformly at random."""
+  index = jax.random.randint(key, (x.shape[0],), 0, x.shape[1])
+  return x[jnp.arange(x.shape[0]), index]
 
 
 def model_input_normalization(config: ml_collections.ConfigDict, dataset):
@@ -359,8 +389,8 @@ def model_input_normalization(config: ml_collections.ConfigDict, dataset):
 
 def random_slice(augment: Callable) -> Callable:
   """An image augmentation applied to volumes ``[b, S, H, W, C]``: each view of each sample draws
-  one slice uniformly at random (its own key), then is augmented as an image (thesis Ch. 4: 2-D
-  slices of the MRNet scans)."""
+  one slice uniformly at random (its own key), then is augmented as an image
+  (``data.slice_pairs='different'``; the thesis' positives are two views of ONE slice, 'same')."""
   def fn(key, x):
     slice_key, image_key = jax.random.split(key)
     index = jax.random.randint(slice_key, (x.shape[0],), 0, x.shape[1])
@@ -418,6 +448,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
                              input_normalization=model_input_normalization(config, dataset))
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
   augment_fn = make_augment_fn(config, dataset.kind)
+  select_fn = make_select_fn(config, dataset.kind)
   preprocess = {"video": video_eval_preprocess(config) if dataset.kind == "video" else None,
                 "volume": middle_slice}.get(dataset.kind)
   init_from = config.model.get("init_from", "") or ""
@@ -425,7 +456,10 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   def init_state(latest) -> TrainState:
     init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
     # Initialise on the input the model will see in training: two augmented training examples.
-    example = augment_fn(jax.random.PRNGKey(0), take_rows(dataset.train.x, np.arange(2)))
+    example = take_rows(dataset.train.x, np.arange(2))
+    if select_fn is not None:
+      example = select_fn(jax.random.PRNGKey(0), example)
+    example = augment_fn(jax.random.PRNGKey(0), example)
     variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
     variables = initial_variables(init_from, model, variables, latest, log)
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
@@ -489,7 +523,8 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
 
   return run_lib.Task(
       identity=config_identity(config), init_state=init_state, host_batch=host_batch,
-      train_step=make_train_step(model, config, mesh, augment_fn, schedule, mean, std, prepared),
+      train_step=make_train_step(model, config, mesh, augment_fn, schedule, mean, std, prepared,
+                                 select_fn),
       evaluate=lambda state, split: evaluate(state, getattr(dataset, split)),
       describe=evaluate.describe, final=final, metric=evaluate.metric,
       higher_is_better=evaluate.higher_is_better, loss_terms=loss_terms(config),

@@ -339,15 +339,21 @@ def ssl_image(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Conf
     c.optim.warmup_steps = 0
     c.eval_batch_size = 1000
   elif variant == "mrnet":
-    # Thesis Ch. 4 (Sec. C5-C8): ResNet-50, projector 2048 -> 2048 -> 512 (Table 4.2 model 1),
-    # batch 64 scans, LARS lr 0.1, cosine, no warm-up, 100 epochs, one model per plane. Table 4.3
+    # Thesis Ch. 4 (Sec. 4.4.3, 4.5.2.1): ResNet-50, projector Linear 2048 -> 2048, ReLU, Linear
+    # 2048 -> 512 as printed (no BatchNorm; Table 4.2 model 1), batch 64 scans, LARS lr 0.1, cosine,
+    # no warm-up, 100 epochs, one model per plane. Positives: ONE random slice of a scan augmented
+    # twice (`data.slice_pairs='same'`, the default; 'different' draws a slice per view). Table 4.3
     # augmentations: RandomResizedCrop 224 (0.08, 1), blur 5x5 sigma (0.1, 2), colour jitter
     # 0.2/0.2/0.2/0 (rotation +-30, CutOut and noise 0.1 are not in the 'simclr' pipeline).
+    # ImageNet initialisation (Sec. 4.6, "ImageNet pre-trained weights for self-supervised
+    # pre-training"): --config.model.init_from=/path/to/resnet50-0676ba61.pth (torchvision); the
+    # grey slices are repeated to 3 channels so the ImageNet stem fits.
     c.data.name = "mrnet"
     # data.root is required: --config.data.root=/data/MRNet
     c.data.kwargs.task = "abnormal"     # labels only score the kNN probe; pretraining is label-free
     c.data.kwargs.plane = "sagittal"
     c.data.kwargs.slices = 16
+    c.data.kwargs.channels = 3
     aug.size = 224
     aug.jitter = (0.2, 0.2, 0.2, 0.0)
     aug.gray_prob = 0.0
@@ -403,7 +409,8 @@ def ssl_image(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Conf
     c.eval_every = c.num_train_steps    # the kNN probe once, at the end
     c.checkpoint_every = 2000
   c.data.augment = aug
-  # Projector Linear -> BN -> ReLU -> Linear -> BN (thesis Ch. 4-6). The fashion_mnist variant keeps
+  # Projector Linear -> BN -> ReLU -> Linear -> BN (thesis Ch. 5-6). Ch. 4 (mrnet) prints it without
+  # BatchNorm (Sec. 4.4.3: "2048 ... followed by a ReLU layer"), and the fashion_mnist variant keeps
   # the plain projector it was benchmarked with (docs/benchmarks.md).
-  c.model.proj_batch_norm = variant != "fashion_mnist"
+  c.model.proj_batch_norm = variant not in ("fashion_mnist", "mrnet")
   return c

@@ -41,10 +41,24 @@ def unit_float(x: jax.Array) -> jax.Array:
   return jnp.asarray(UINT8_UNIT)[x.astype(jnp.int32)] if x.dtype == jnp.uint8 else x
 
 
-def augment_views(key, x, num_views: int, augment_fn: Callable) -> jax.Array:
-  """``[b, ...] -> [b, num_views, ...]`` with per-sample keys (see :func:`sample_keys`)."""
+SELECT_TAG = 0x5E1  # folded into a sample's key for ``select_fn`` (its views' keys are unchanged)
+
+
+def augment_views(key, x, num_views: int, augment_fn: Callable,
+                  select_fn: Optional[Callable] = None) -> jax.Array:
+  """``[b, ...] -> [b, num_views, ...]`` with per-sample keys (see :func:`sample_keys`).
+
+  ``select_fn(key, x_i[None]) -> x_i'[None]``, when given, is applied to each sample once, before
+  its views are made, so every view of the sample starts from the same input (e.g. one random
+  slice of an MR scan, thesis Sec. 4.5.2.1); it uses ``fold_in(sample key, SELECT_TAG)``.
+  """
   keys = sample_keys(key, x.shape[0])
-  one = lambda k, xi: data_lib.make_views(k, xi[None], num_views, augment_fn)[0]
+
+  def one(k, xi):
+    xi = xi[None]
+    if select_fn is not None:
+      xi = select_fn(jax.random.fold_in(k, SELECT_TAG), xi)
+    return data_lib.make_views(k, xi, num_views, augment_fn)[0]
   return jax.vmap(one)(keys, x)
 
 
@@ -153,14 +167,14 @@ def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective
 
 def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable,
                     target_mean: float = 0.0, target_std: float = 1.0,
-                    prepared: Optional[dict] = None):
+                    prepared: Optional[dict] = None, select_fn: Optional[Callable] = None):
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
   ``batch`` holds globally sharded ``x``, ``y`` (natural units, for the contrastive loss), ``y_norm``
   (regression target ``(y - target_mean) / target_std``) and, with label-distribution smoothing,
   per-example ``weight``. ``prepared``: keyword arguments of the contrastive loss computed once from
   the training labels (``objectives.prepare``, e.g. AdaCon's ECDF, applied to each batch's labels
-  on device). ``config.micro_batch_unroll`` chooses how micro-batches run (see
+  on device). ``select_fn``: see :func:`augment_views`. ``config.micro_batch_unroll`` chooses how micro-batches run (see
   :func:`embedding_cache_grads`). A non-finite
   loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
   ``metrics['nonfinite']``, which the loop turns into an error naming the step.
@@ -190,7 +204,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     # dropout ignore it, and the augmentation / loss keys are those of runs before it existed.
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, DROPOUT_TAG),
                                      jax.lax.axis_index(AXIS))
-    x = augment_views(aug_key, unit_float(batch["x"]), views, augment_fn)
+    x = augment_views(aug_key, unit_float(batch["x"]), views, augment_fn, select_fn)
     b = x.shape[0]
     flat = x.reshape((b * views,) + x.shape[2:])
     if micro_batch is not None and (b * views) % micro_batch:

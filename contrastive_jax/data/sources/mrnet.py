@@ -21,7 +21,8 @@ when ``slices == 1``). Every output slice is a real slice (no blending); the the
 per scan to its downstream models (Sec. A6, C5-C8), hence ``slices=16``. Only the chosen slices are
 read (``np.load(mmap_mode='r')``).
 
-``x``: uint8 ``[N, slices, 256, 256, 1]`` (lazy); ``y``: float32 ``[N]`` in {0, 1}.
+``x``: uint8 ``[N, slices, 256, 256, channels]`` (lazy; ``channels=3`` repeats the grey slice, as
+ImageNet-initialised encoders need: thesis Ch. 4, [CODE] B1); ``y``: float32 ``[N]`` in {0, 1}.
 """
 
 from __future__ import annotations
@@ -47,16 +48,18 @@ def slice_indices(num_slices: int, slices: int) -> np.ndarray:
 
 
 class VolumeDecoder:
-  """``path -> uint8 [slices, size, size, 1]``: an MRNet ``.npy`` exam, resampled along z."""
+  """``path -> uint8 [slices, size, size, channels]``: an MRNet ``.npy`` exam, resampled along z,
+  the grey value repeated ``channels`` times."""
 
-  def __init__(self, slices: int, size: int = SLICE_SIZE):
+  def __init__(self, slices: int, size: int = SLICE_SIZE, channels: int = 1):
     self.slices = slices
     self.size = size
+    self.channels = channels
 
   def __call__(self, path: str) -> np.ndarray:
     volume = self.check(path)
-    picked = np.asarray(volume[slice_indices(volume.shape[0], self.slices)])
-    return picked[..., None]
+    picked = np.asarray(volume[slice_indices(volume.shape[0], self.slices)])[..., None]
+    return np.repeat(picked, self.channels, axis=-1) if self.channels > 1 else picked
 
   def check(self, path: str) -> np.ndarray:
     """The volume memory-mapped (nothing read): header, shape and dtype checked; a truncated file
@@ -138,7 +141,8 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 
 def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
                plane: str = 'sagittal', slices: int = 16, val_fraction: float = 0.1,
-               size: int = SLICE_SIZE, workers: int = 1, check_files: bool = True) -> Dataset:
+               size: int = SLICE_SIZE, channels: int = 1, workers: int = 1,
+               check_files: bool = True) -> Dataset:
   """MRNet as a ``Dataset`` of lazy uint8 volumes and binary float32 labels.
 
   Args:
@@ -150,12 +154,13 @@ def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
     val_fraction: fraction of each label's ``train`` exams held out as the val split, in (0, 1).
     size: the slice size every volume must have (MRNet: 256; a volume of another size is an error
       naming it, nothing is resized).
+    channels: 1 (the grey slice) or 3 (repeated: the input of ImageNet-initialised encoders).
     workers: threads decoding the volumes of one batch.
     check_files: check every volume of every split when loading (header, shape, dtype, size:
       ``VolumeDecoder.check``, nothing decoded), so a damaged file fails before training.
 
   Returns:
-    ``Dataset(name='mrnet', kind='volume')``: ``x`` uint8 ``[N, slices, size, size, 1]``
+    ``Dataset(name='mrnet', kind='volume')``: ``x`` uint8 ``[N, slices, size, size, channels]``
     (``base.LazyArray``), ``y`` float32 ``[N]`` in {0, 1}; test = MRNet's ``valid`` exams.
 
   Raises:
@@ -171,6 +176,8 @@ def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
     raise ValueError(f'slices must be a positive integer, got {slices!r}.')
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
     raise ValueError(f'size must be a positive integer, got {size!r}.')
+  if channels not in (1, 3) or isinstance(channels, bool):
+    raise ValueError(f'channels must be 1 or 3, got {channels!r}.')
   if not 0.0 < float(val_fraction) < 1.0:
     raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction!r}.')
   root = base.require_dir(root, 'MRNet root')
@@ -194,8 +201,8 @@ def load_mrnet(root: str | os.PathLike, *, seed: int = 0, task: str = 'acl',
   if held.size == 0:
     raise ValueError(f'val_fraction={val_fraction} of {len(train_pool)} training exams leaves the '
                      'val split empty.')
-  x = base.LazyArray.from_files(paths, VolumeDecoder(int(slices), int(size)),
-                                (int(slices), int(size), int(size), 1), np.uint8,
+  x = base.LazyArray.from_files(paths, VolumeDecoder(int(slices), int(size), int(channels)),
+                                (int(slices), int(size), int(size), int(channels)), np.uint8,
                                 workers=workers)
   parts = {'train': train_pool[keep], 'val': train_pool[held], 'test': np.flatnonzero(is_test)}
   return base.make_dataset('mrnet', 'volume', x, y, parts, check_files=check_files)

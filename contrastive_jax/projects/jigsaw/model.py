@@ -369,7 +369,8 @@ class DivideAndTeachClassifier(nn.Module):
   through pretrained branch ``i``; every slice's ``H/4 x W/4 x 512`` map goes through 3 blocks
   [conv3x3, conv3x3 stride 2] (512, 1024, 1024 filters), GAP, max over slices, FC 1024, FC 1024 and one
   output per task (sigmoid in the loss). ``freeze_branches`` [GUESS]: branch outputs are
-  ``stop_gradient`` and their BatchNorm uses the pretext statistics.
+  ``stop_gradient`` and their BatchNorm uses the pretext statistics. A ``conv_features`` entry
+  ``'max'`` is a 2x2 max-pool in place of a block (Table 3.10's Model-1 / Model-2).
   """
   branch_features: Sequence[int] = SSLACL_WIDTHS['branch_features']
   conv_features: Sequence[int] = (512, 1024, 1024)
@@ -400,6 +401,9 @@ class DivideAndTeachClassifier(nn.Module):
     x = feats.reshape(b * NUM_PATCHES * n_max, h, w, c)
     kw = dict(use_bn=self.classifier_bn, train=train, kernel_init=self.kernel_init)
     for i, f in enumerate(self.conv_features):
+      if f == 'max':
+        x = _pool(x, 'max')
+        continue
       x = ConvBN(f, 3, 1, name=f'cls{i}_conv0', **kw)(x)
       x = ConvBN(f, 3, 2, name=f'cls{i}_conv1', **kw)(x)
     x = jnp.mean(x, axis=(1, 2)).reshape(b, NUM_PATCHES * n_max, -1)
@@ -457,7 +461,10 @@ class ConvLSTM(nn.Module):
       raise ValueError(f'ConvLSTM expects [N, T, H, W, C] inputs, got shape {x.shape}.')
     scan = nn.scan(ConvLSTMCell, variable_broadcast='params', split_rngs={'params': False},
                    in_axes=1, out_axes=1)
-    carry = ConvLSTMCell.initial_carry((x.shape[0],) + x.shape[2:4], self.features, x.dtype)
+    # Zeros derived from x, so that inside shard_map the carry varies over the batch axis as x does.
+    base = jnp.zeros_like(x[:, 0, :, :, :1])
+    zeros = jnp.broadcast_to(base, base.shape[:-1] + (self.features,))
+    carry = (zeros, zeros)
     _, hs = scan(self.features, self.kernel_size, name='cell')(carry, x)
     return hs
 

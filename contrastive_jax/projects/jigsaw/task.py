@@ -1,9 +1,10 @@
 """Jigsaw pretext training (thesis Ch. 3, Sec. 3.4.1 and 3.5.2.1): SSLACL and SKID v1/v2/v3.
 
 ``train_pretext(config, workdir)`` trains a jigsaw net with categorical cross-entropy over the ``C``
-permutation indices: the :func:`jigsaw_task` of the config run by the skeleton of
-``contrastive_jax.train.run`` (resume, checkpoints, boundaries, the non-finite policy, preemption,
-progress). Each step takes a batch of images (a pure function of ``(data.seed, step)``), turns every
+permutation indices (on a set of grey images, or of MR volumes: one uniformly drawn slice of each
+scan per step, the middle slice for evaluation): the :func:`jigsaw_task` of the config run by the
+skeleton of ``contrastive_jax.train.run`` (resume, checkpoints, boundaries, the non-finite policy,
+preemption, progress). Each step takes a batch of images (a pure function of ``(data.seed, step)``), turns every
 image into 9 jumbled, per-patch augmented crops on device (image ``i`` of step ``s`` uses
 ``fold_in(fold_in(rng, s), i)``: the examples are a pure function of ``(seed, step, sample)``), and
 applies one optimizer update. The step is data-parallel over every device (one ``shard_map`` over the
@@ -78,11 +79,18 @@ def _patches_to_model(patches: jax.Array, channels: int) -> jax.Array:
   return patches if patches.shape[-1] == channels else jnp.repeat(patches, channels, axis=-1)
 
 
-def _grayscale(x: np.ndarray, name: str) -> np.ndarray:
-  if x.ndim != 4 or x.shape[-1] != 1:
-    raise ValueError(f'Dataset {name!r} must hold grayscale images [N, H, W, 1] for the jigsaw '
-                     f'task, got shape {x.shape}.')
+def _grayscale(x: np.ndarray, name: str, volume: bool = False) -> np.ndarray:
+  if x.ndim != (5 if volume else 4) or x.shape[-1] != 1:
+    raise ValueError(f'Dataset {name!r} must hold grayscale '
+                     f"{'volumes [N, S, H, W, 1]' if volume else 'images [N, H, W, 1]'} for the "
+                     f'jigsaw task, got shape {x.shape}.')
   return x
+
+
+def one_slice(x: np.ndarray, index) -> np.ndarray:
+  """``[b, S, H, W, C] -> [b, H, W, C]``: slice ``index[i]`` of volume ``i`` (an int: the same)."""
+  index = np.broadcast_to(np.asarray(index, np.int64), (x.shape[0],))
+  return x[np.arange(x.shape[0]), index]
 
 
 def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
@@ -96,12 +104,19 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
   crop, channels = int(jig.crop_size), int(config.data.get('channels', 3))
   eval_batch_size = int(config.get('eval_batch_size') or config.batch_size)
   run_lib.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=eval_batch_size)
-  dataset = load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)
-  if dataset.kind != 'image':
-    raise ValueError(f'The jigsaw task needs an image data set, got {dataset.name!r} '
+  kwargs = dict(config.data.kwargs)
+  if config.data.get('root'):  # a file source's folder (e.g. --config.data.root=/data/MRNet)
+    kwargs['root'] = config.data.root
+  dataset = load_dataset(config.data.name, seed=config.data.seed, **kwargs)
+  if dataset.kind not in ('image', 'volume'):
+    raise ValueError(f'The jigsaw task needs an image or volume data set, got {dataset.name!r} '
                      f'(kind {dataset.kind!r}).')
-  _grayscale(dataset.train.x, dataset.name)
-  jigsaw_data.check_image_shape(dataset.train.x.shape[1:], crop)
+  # MR volumes (e.g. `mrnet`): every step takes one uniformly drawn slice of each scan of the batch
+  # (Sec. 3.5.2.1 "slices chosen randomly according to a uniform distribution from MR scans";
+  # spec B3: one slice per scan, batches across scans); evaluation the middle slice of each scan.
+  volume = dataset.kind == 'volume'
+  _grayscale(dataset.train.x, dataset.name, volume)
+  jigsaw_data.check_image_shape(dataset.train.x.shape[-3:], crop)
   perms = jnp.asarray(jigsaw_data.permutation_set(jig.permutations, jig.num_classes, jig.perm_seed,
                                                   cache_dir=jig.get('cache_dir')), jnp.int32)
   augment = jigsaw_data.PatchAugment(**jig.augment.to_dict())
@@ -184,6 +199,8 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
     split = getattr(dataset, split_name)
     total_loss = total_correct = count = 0.0
     for b, batch in enumerate(eval_batches(split, eval_batch_size)):
+      if volume:
+        batch = dict(batch, x=one_slice(batch['x'], batch['x'].shape[1] // 2))
       index = np.arange(b * eval_batch_size, (b + 1) * eval_batch_size, dtype=np.int32)
       sharded = run_lib.shard_batch({'x': run_lib.local_slice(batch['x']),
                                      'index': run_lib.local_slice(index)}, mesh)
@@ -199,9 +216,13 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
     return {'loss': total_loss / count, 'accuracy': total_correct / count}
 
   def host_batch(step: int) -> dict:
-    return {'x': train_batch(dataset.train, config.batch_size, config.data.seed, step,
-                             process_index=jax.process_index(),
-                             process_count=jax.process_count())['x']}
+    x = train_batch(dataset.train, config.batch_size, config.data.seed, step,
+                    process_index=jax.process_index(), process_count=jax.process_count())['x']
+    if volume:  # slice i of the global batch drawn from (data.seed, step), on any process layout
+      index = np.random.default_rng([int(config.data.seed), 0x511CE, int(step)]).integers(
+          0, x.shape[1], config.batch_size)
+      x = one_slice(x, run_lib.local_slice(index))
+    return {'x': x}
 
   def describe(metrics: dict) -> str:
     return f"loss {metrics['loss']:.4f} accuracy {metrics['accuracy']:.4f} (chance {chance:.4f})"
