@@ -5,6 +5,9 @@ r"""Starts a training run from an ml_collections config file.
       --config.num_train_steps=2000 --config.loss.gamma_con=0.01
 
 Any config field can be overridden with ``--config.<field>=value``; an unknown field is an error.
+``--config.method=<m>`` on a paper config runs its recipe (data, model, optimiser) with method ``m``
+at ``m``'s paper defaults: the file's options of its own method are dropped (logged), see
+:func:`switch_method`.
 Re-running the same command with the same ``--workdir`` resumes from the latest checkpoint; a run
 that already finished reports its results and writes nothing. A bad command line, config or workdir
 stops with one ``error:`` line (exit status 2), before any data are read.
@@ -16,6 +19,7 @@ stops with one ``error:`` line (exit status 2), before any data are read.
 import ast
 import difflib
 import importlib
+import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -244,6 +248,41 @@ def _parse_flags(argv):
     _exit_with(f"--config={config_value}: {_one_line(e)}")
 
 
+def _overridden_fields(argv) -> set:
+  """The config fields set on the command line (``--config.a.b=v`` or ``--config.a.b v``)."""
+  return {a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")}
+
+
+def _file_config(config_value: str):
+  """The config of ``--config=<path>[:<variant>]`` as the file makes it, before any override."""
+  path, has_variant, variant = config_value.partition(":")
+  spec = importlib.util.spec_from_file_location("_launch_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if has_variant else module.get_config()
+
+
+def switch_method(config, file_method: str, overridden: set):
+  """A comparator on a paper recipe: when ``--config.method`` names another method than the config
+  file's, the file's options of its own method (``loss.contrastive``) are dropped, so the new method
+  runs at the defaults of its paper (``losses/registry.py``) plus any ``--config.loss.contrastive.*``
+  given on the command line; data, model, optimiser and loss weights stay the file's recipe.
+
+  Returns the dropped ``{option: value}`` (empty when the method is the file's), for the log line.
+  Without this, a paper config's options would be refused by another method (``label_range`` is
+  not RNC's) or, worse, silently carried over (ACCon's temperature 0.05 is not RNC's 2.0).
+  """
+  if "method" not in overridden or config.method == file_method:
+    return {}
+  options = config.loss.contrastive
+  dropped = {k: options[k] for k in list(options.keys())
+             if f"loss.contrastive.{k}" not in overridden}
+  with config.unlocked():
+    for key in dropped:
+      del options[key]
+  return dropped
+
+
 def check_workdir(workdir: str) -> bool:
   """Creates ``workdir`` if needed and checks that a file can be written there; raises
   :class:`LaunchError` naming it otherwise (a file in the way, a read-only place). Returns whether
@@ -270,12 +309,22 @@ def main(argv):
   config = _CONFIG.value
   # Refused before JAX, the data or the trainer are imported (run_checks imports no JAX).
   from contrastive_jax.train import run_checks  # pylint: disable=g-import-not-at-top
+  overridden = _overridden_fields(sys.argv[1:])
+  dropped = {}
   try:
+    if "method" in overridden:
+      file_method = _file_config(_config_argument(sys.argv[1:])).method
+      dropped = switch_method(config, file_method, overridden)
     run_checks.check_run_control(config)
     created = check_workdir(_WORKDIR.value)
   except (ValueError, OSError, LaunchError) as e:
     _exit_with(str(e))
   _configure_logging()
+  if dropped:
+    std_logging.getLogger("contrastive_jax").info(
+        "--config.method=%s replaces the config's %s: its options %s are dropped; %s runs at its "
+        "paper defaults (losses/registry.py) plus the --config.loss.contrastive.* given.",
+        config.method, file_method, dropped, config.method)
   _initialize_distributed()
   std_logging.getLogger("contrastive_jax").info("Config:\n%s", config)
   try:

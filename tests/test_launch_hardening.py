@@ -313,3 +313,38 @@ def test_launcher_compiles_finishes_once_and_fails_cleanly_after_a_checkpoint(tm
   typo = _launch(*TINY, f"--workdir={tmp_path / 'typo'}", "--config.method=adacn")
   _assert_one_error_line(typo, "adacn")
   assert not (tmp_path / "typo").exists()
+
+
+def test_switching_the_method_drops_the_files_options_of_its_own_method():
+  """``--config.method=<m>`` on a paper config: the file's options of its own method go (ACCon's
+  temperature 0.05 must not silently become RNC's), options given on the command line stay, and the
+  result passes the trainer's field check that the unswitched options fail."""
+  from contrastive_jax.train import loop  # pylint: disable=import-outside-toplevel
+  config = launcher._file_config("configs/accon.py:agedb")  # pylint: disable=protected-access
+  assert config.method == "accon"
+  with config.unlocked():
+    config.method = "rnc"
+  with pytest.raises(ValueError, match="label_range"):
+    loop.check_config_fields(config)
+  config.loss.contrastive.temperature = 3.0  # as if given on the command line
+  dropped = launcher.switch_method(config, "accon", {"method", "loss.contrastive.temperature"})
+  assert set(dropped) == {"label_range", "official"}
+  assert dict(config.loss.contrastive) == {"temperature": 3.0}
+  loop.check_config_fields(config)
+  # Not switched (no --config.method, or the file's own method): nothing changes.
+  again = launcher._file_config("configs/accon.py:agedb")  # pylint: disable=protected-access
+  assert launcher.switch_method(again, "accon", {"method"}) == {}
+  assert launcher.switch_method(again, "accon", set()) == {}
+  assert "label_range" in again.loss.contrastive
+  assert launcher._overridden_fields(  # pylint: disable=protected-access
+      ["--config.method=rnc", "--config.loss.contrastive.temperature", "2", "--workdir=w"]) == {
+          "method", "loss.contrastive.temperature"}
+
+
+def test_a_comparator_runs_on_a_paper_recipe_from_the_command_line(tmp_path):
+  """N-pair takes no temperature: on AdaCon's config it was refused; now it runs, saying what went."""
+  proc = _launch(*TINY, "--config.method=npair", f"--workdir={tmp_path / 'npair'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "--config.method=npair replaces the config's adacon" in proc.stdout + proc.stderr
+  results = json.loads((tmp_path / "npair" / "results.json").read_text())
+  assert results["method"] == "npair"
