@@ -41,36 +41,55 @@ UNIT_INPUTS = ('accon_official',)  # the official code assumes unit vectors
 
 
 def _features(name, feats):
-  return _unit(feats).astype(np.float32) if name in UNIT_INPUTS else feats
+  """The official ACCon code assumes unit vectors (normalised here, inside the traced function)."""
+  if name not in UNIT_INPUTS:
+    return feats
+  return feats / jax.numpy.linalg.norm(feats, axis=-1, keepdims=True)
 
 
 def _value_and_grad(fn, feats, labels, cdf, **mode):
   return jax.jit(jax.value_and_grad(lambda f: fn(f, labels, cdf, **mode)))(feats)
 
 
-def _check(name, feats, labels, cdf, tiles):
-  fn, feats = CASES[name], _features(name, feats)
-  dense_v, dense_g = _value_and_grad(fn, feats, labels, cdf, impl='dense')
-  scale = float(np.max(np.abs(dense_g)))
-  for tile in tiles:
-    value, grad = _value_and_grad(fn, feats, labels, cdf, impl='fused', tile=tile)
+def _check(names, feats, labels, cdf, tile):
+  """fused == dense (value, gradient) for every loss of ``names``: the dense and the fused
+  ``value_and_grad`` of all of them are one jitted program each (one compilation per mode)."""
+  def all_losses(impl, **mode):
+    return jax.jit(lambda f: [jax.value_and_grad(lambda f_, n=n: CASES[n](
+        _features(n, f_), labels, cdf, impl=impl, **mode))(f) for n in names])(feats)
+  dense, fused = all_losses('dense'), all_losses('fused', tile=tile)
+  for name, (dense_v, dense_g), (value, grad) in zip(names, dense, fused):
+    scale = float(np.max(np.abs(dense_g)))
     np.testing.assert_allclose(value, dense_v, rtol=1e-5, err_msg=f'{name} tile={tile}')
     np.testing.assert_allclose(grad, dense_g, rtol=1e-5, atol=1e-6 * scale,
                                err_msg=f'{name} tile={tile}')
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
-def test_fused_equals_dense(name):
-  # 26 rows: (4, 5) pads rows and columns; 64 is one tile covering everything.
-  _check(name, *_inputs(), tiles=((4, 5), 64) if name == 'supcon' else ((4, 5),))
+# The default suite: one case per loss (ACCon: paper and official, BCL: alone and Combo); the other
+# variants (label bins, shifted profile, temperature gradient, MIO v1-v2, one view, a callable
+# SupCon temperature) run in the slow suite.
+DEFAULT_LOSSES = ('simclr', 'supcon', 'adacon', 'accon', 'accon_official', 'dystress', 'mio_v3',
+                  'bcl', 'bcl_combo')
+OTHER_VARIANTS = tuple(sorted(set(CASES) - set(DEFAULT_LOSSES)))
+
+
+def test_fused_equals_dense():
+  """26 rows, tile (4, 5): padded rows and columns."""
+  _check(DEFAULT_LOSSES, *_inputs(), tile=(4, 5))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', sorted(CASES))
-def test_fused_equals_dense_larger(name):
-  _check(name, *_inputs(batch=150, views=2, dim=32, seed=1), tiles=((32, 16), (64, 64), (7, 33)))
+def test_fused_equals_dense_other_variants():
+  _check(OTHER_VARIANTS, *_inputs(), tile=(4, 5))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('tile', [64, (32, 16), (7, 33)])
+def test_fused_equals_dense_larger(tile):
+  _check(sorted(CASES), *_inputs(batch=150, views=2, dim=32, seed=1), tile=tile)
+
+
+@pytest.mark.slow
 def test_fused_ring_without_mesh_is_fused():
   fn = CASES['adacon']
   feats, labels, cdf = _inputs()
@@ -80,7 +99,7 @@ def test_fused_ring_without_mesh_is_fused():
   np.testing.assert_array_equal(ring[1], fused[1])
 
 
-BF16_LOSSES = ('supcon', 'adacon', 'accon_official', 'dystress', 'mio_v1', 'mio_v3', 'bcl',
+BF16_LOSSES = ('supcon', 'adacon', 'accon', 'accon_official', 'dystress', 'mio_v1', 'mio_v3', 'bcl',
                'bcl_combo')
 
 
@@ -90,7 +109,7 @@ def _check_bfloat16_error(name):
   (whose backward matmuls stay float32)."""
   fn = CASES[name]
   feats, labels, cdf = _inputs()
-  feats = _features(name, feats)
+  feats = np.asarray(_features(name, feats))
   exact_v, exact_g = _value_and_grad(fn, feats, labels, cdf, impl='dense')
   errors = {}
   for impl in ('blockwise', 'fused'):
@@ -100,11 +119,6 @@ def _check_bfloat16_error(name):
                     float(np.linalg.norm(g - exact_g) / np.linalg.norm(exact_g)))
   assert errors['fused'][0] < 2e-3 and errors['fused'][1] < 2e-2, (name, errors)
   assert errors['fused'][1] < 2 * errors['blockwise'][1], (name, errors)
-
-
-def test_fused_bfloat16_matmul_error_accon():
-  """ACCon in the default suite: the angle compensation of bf16 cosines."""
-  _check_bfloat16_error('accon')
 
 
 @pytest.mark.slow
@@ -140,37 +154,43 @@ def test_pair_functions_without_a_fused_kernel_name_impl(call, match):
 # Per shard: 3 samples x 2 views = 6 rows; tile (4, 16): padded rows, one padded column tile
 # (all-gather: 48 columns, 3 column tiles; ring: one 6-row block per step).
 SHARDED_TILE = (4, 16)
+IMPLS = ('fused', 'fused_ring')
 
 
 def _worker():
   mesh = sharded_harness.make_mesh()
   feats, unit, labels, cdf, x, w = sharded_inputs(seed=0)
-  results = {}
-  for name in os.environ['FUSED_WORKER_LOSSES'].split(','):
+  cases = {}
+  for case in os.environ['FUSED_WORKER_CASES'].split(','):
+    name, impl = case.split('/')
     fn = CASES[name]
     official = name in UNIT_INPUTS
     dense = lambda f, y, c, axis_name=None, fn=fn: fn(f, y, c, impl='dense', axis_name=axis_name)
-    for impl in ('fused', 'fused_ring'):
-      fused = lambda f, y, c, axis_name=None, fn=fn, impl=impl: fn(
-          f, y, c, impl=impl, tile=SHARDED_TILE, axis_name=axis_name)
-      sharded_harness.check_loss(results, f'{name}/{impl}', fused, unit if official else feats,
-                                 (labels, cdf), x=x, w=w, normalise=official, mesh=mesh,
-                                 reference_fn=dense)
+    fused = lambda f, y, c, axis_name=None, fn=fn, impl=impl: fn(
+        f, y, c, impl=impl, tile=SHARDED_TILE, axis_name=axis_name)
+    cases[case] = (fused, dense, unit if official else feats, official)
+  results = {}
+  inside = os.environ['FUSED_WORKER_INSIDE'] == '1'
+  sharded_harness.check_losses(results, cases, (labels, cdf), x=x, w=w, mesh=mesh, inside=inside)
   sharded_harness.emit(results)
 
 
-SHARDED_DEFAULT = ('simclr', 'adacon', 'accon', 'accon_official', 'dystress', 'mio_v3', 'bcl_combo')
-SHARDED_SLOW = tuple(sorted(set(CASES) - set(SHARDED_DEFAULT) - {'supcon_int_labels_one_view'}))
+# The default suite: every listed loss once, half of them with the all-gathered columns, half on
+# the ring (official ACCon: five statistics, a max among them), value and gradient wrt the features;
+# the slow suite: every variant with both schedules, and the gradient wrt parameters inside
+# shard_map too.
+SHARDED_DEFAULT = ('simclr/fused,supcon/fused_ring,adacon/fused,accon_official/fused_ring,'
+                   'dystress/fused,mio_v3/fused_ring,bcl/fused_ring')
+SHARDED_SLOW = ','.join(f'{name}/{impl}' for name in sorted(CASES) for impl in IMPLS)
 
 
-@pytest.mark.parametrize('losses', [
-    ','.join(SHARDED_DEFAULT),
-    pytest.param(','.join(SHARDED_SLOW), marks=pytest.mark.slow),
-])
-def test_fused_inside_shard_map_on_8_cpu_devices(losses, monkeypatch):
-  monkeypatch.setenv('FUSED_WORKER_LOSSES', losses)
+@pytest.mark.parametrize('cases, inside', [
+    (SHARDED_DEFAULT, False), pytest.param(SHARDED_SLOW, True, marks=pytest.mark.slow)])
+def test_fused_inside_shard_map_on_8_cpu_devices(cases, inside, monkeypatch):
+  monkeypatch.setenv('FUSED_WORKER_CASES', cases)
+  monkeypatch.setenv('FUSED_WORKER_INSIDE', str(int(inside)))
   results = sharded_harness.run_worker(__file__)
-  sharded_harness.assert_all_ok(results, 2 * 4 * len(losses.split(',')))
+  sharded_harness.assert_all_ok(results, (4 if inside else 2) * len(cases.split(',')))
 
 
 if __name__ == '__main__':
