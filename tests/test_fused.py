@@ -90,6 +90,20 @@ def test_fused_equals_dense_larger(tile):
 
 
 @pytest.mark.slow
+def test_fused_traced_hyperparameters():
+  """Hyperparameters enter the kernels as per-row constants: traced ones (under jit) work."""
+  feats, labels, _ = _inputs()
+  def both(impl, **mode):
+    fn = lambda f, t, r: (L.supcon(f, labels, temperature=t, base_temperature=None, impl=impl,
+                                   **mode) +
+                          L.accon(f, labels, label_range=r, temperature=t, impl=impl, **mode))
+    return jax.jit(jax.value_and_grad(fn))(feats, 0.2, 6.0)
+  (dense_v, dense_g), (fused_v, fused_g) = both('dense'), both('fused', tile=(4, 5))
+  np.testing.assert_allclose(fused_v, dense_v, rtol=1e-5)
+  np.testing.assert_allclose(fused_g, dense_g, rtol=1e-5, atol=1e-6 * np.max(np.abs(dense_g)))
+
+
+@pytest.mark.slow
 def test_fused_ring_without_mesh_is_fused():
   fn = CASES['adacon']
   feats, labels, cdf = _inputs()
@@ -119,6 +133,7 @@ def _check_bfloat16_error(name):
                     float(np.linalg.norm(g - exact_g) / np.linalg.norm(exact_g)))
   assert errors['fused'][0] < 2e-3 and errors['fused'][1] < 2e-2, (name, errors)
   assert errors['fused'][1] < 2 * errors['blockwise'][1], (name, errors)
+  return errors
 
 
 @pytest.mark.slow
