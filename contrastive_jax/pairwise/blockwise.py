@@ -79,7 +79,8 @@ class Blocking(NamedTuple):
   """How a pairwise loss schedules its pair matrix.
 
   Attributes:
-    impl: 'dense', 'blockwise' or 'auto' (see the module docstring).
+    impl: 'dense', 'blockwise', 'ring', 'fused', 'fused_ring' or 'auto' (see the module
+      docstring).
     row_tile, col_tile: the blockwise tile shape.
     matmul_dtype: None (the features' dtype) or a low-precision dtype (``jnp.bfloat16``) for the
       similarity matmul's inputs, accumulated in float32 (softmax statistics stay float32).

@@ -403,20 +403,16 @@ def row_statistics(from_dot: Callable, kinds, params: Any, anchors: jax.Array, c
                        f"{jnp.shape(leaf)}.")
   dtype = jnp.promote_types(anchors.dtype, jnp.float32)
   params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
-  trees = dict(params_tree=jax.tree.structure(params), row_tree=jax.tree.structure(anchor_aux),
-               from_dot=from_dot, kinds=kinds, matmul_dtype=block.matmul_dtype,
-               interpret=not _on_gpu())
+  cols = num_rows if axis_name is not None else num_cols  # the ring streams [n, d] blocks
+  column_tree = jax.tree.structure(anchor_aux if axis_name is not None else column_aux)
+  row_tile, col_tile = _tiles(block, num_rows, cols)
+  cfg = _Config(from_dot, kinds, jax.tree.structure(params), jax.tree.structure(anchor_aux),
+                column_tree, row_tile, col_tile, num_rows, cols, block.matmul_dtype,
+                not _on_gpu())
   if axis_name is not None:
     blockwise.check_ring_columns(num_rows, num_cols, axis_name)
-    cfg = _Config(col_tree=jax.tree.structure(anchor_aux), num_rows=num_rows, num_cols=num_rows,
-                  **dict(zip(("row_tile", "col_tile"), _tiles(block, num_rows, num_rows))),
-                  **trees)
     return blockwise.ring(functools.partial(_forward, cfg), functools.partial(_backward, cfg),
                           kinds, params, anchors, anchor_aux, row_offset, axis_name)
-  row_tile, col_tile = _tiles(block, num_rows, num_cols)
-  cfg = _Config(col_tree=jax.tree.structure(column_aux), row_tile=row_tile, col_tile=col_tile,
-                num_rows=num_rows, num_cols=num_cols, **trees)
   args = (params, anchors, columns, anchor_aux, column_aux, jnp.asarray(row_offset, jnp.int32))
-  axes = _varying_axes(args)
-  args = jax.tree.map(functools.partial(_like_inputs, axes=axes), args)
+  args = jax.tree.map(functools.partial(_like_inputs, axes=_varying_axes(args)), args)
   return _fused(cfg, *args)
