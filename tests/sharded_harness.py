@@ -117,15 +117,13 @@ def assert_all_ok(results, expected_checks):
   assert not failures, json.dumps(failures, indent=1)
 
 
-def check_losses(results, cases, sharded_args=(), *, x, w, mesh, inside=True, rtol=RTOL,
-                 atol=ATOL):
+def check_losses(results, cases, sharded_args=(), *, x, w, mesh, rtol=RTOL, atol=ATOL):
   """:func:`check_loss` for several losses at once: each of its four comparisons is ONE jitted
   program over all the losses (one compilation instead of one per loss, which dominates the time of
   tiny cases, e.g. Pallas kernels in interpret mode).
 
   ``cases``: ``name -> (fn, reference_fn, features, normalise)`` with ``fn`` / ``reference_fn`` /
   ``normalise`` as in :func:`check_loss` and ``features`` the global features of that case.
-  ``inside=False`` skips the two comparisons of the gradient wrt ``W`` inside ``shard_map``.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -165,14 +163,11 @@ def check_losses(results, cases, sharded_args=(), *, x, w, mesh, inside=True, rt
   features = [cases[n][2] for n in names]
   dense = jax.jit(all_dense)(features, *sharded_args)
   sharded = jax.jit(all_sharded)(features, *sharded_args)
-  for n, d, s in zip(names, dense, sharded):
-    results[f'{n}/value'] = check(s[0], d[0])
-    results[f'{n}/grad_features'] = check(s[1], d[1])
-  if not inside:
-    return
   dense_w = jax.jit(all_dense_w)(w, x, *sharded_args)
   in_w = jax.jit(jax.shard_map(all_inside, mesh=mesh, in_specs=(P('batch'), P()) + specs[1:],
                                out_specs=[(P(), P())] * len(names)))(x, w, *sharded_args)
-  for n, dw, iw in zip(names, dense_w, in_w):
+  for n, d, s, dw, iw in zip(names, dense, sharded, dense_w, in_w):
+    results[f'{n}/value'] = check(s[0], d[0])
+    results[f'{n}/grad_features'] = check(s[1], d[1])
     results[f'{n}/inside_value'] = check(iw[0], dw[0])
     results[f'{n}/inside_grad_W'] = check(iw[1], dw[1])

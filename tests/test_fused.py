@@ -1,16 +1,19 @@
 """impl='fused' / 'fused_ring' (Pallas kernels, interpret mode on CPU) == dense, for the SupCon family.
 
 * value and gradient vs dense (rtol 1e-5, float32) for every loss with a fused kernel (simclr,
-  supcon, adacon, accon paper / bins / official, dystress, mio v1-v3, binary_contrastive and its
-  Combo), with tiles that need row and column padding; larger sizes and more tiles are slow;
+  supcon, adacon, accon paper / official, dystress, mio, binary_contrastive and its Combo), with
+  tiles that need row and column padding; the other variants (ACCon bins, DySTreSS shifted profile
+  and temperature gradient, MIO v1-v2, one view, a callable SupCon temperature), traced
+  hyperparameters and larger sizes are slow;
 * inside ``shard_map`` on 8 forced CPU devices (this file re-runs itself as the 8-device worker, see
-  ``sharded_harness``): the fused loss of each shard, with the all-gathered columns and with the
-  ring (``'fused_ring'``), == the dense loss; one worker run checks every loss;
-* bfloat16 matmul inputs: the error against float32 is like blockwise's;
-* 'auto' never picks 'fused'; the losses whose pair entries are no function of one dot product
-  (rnc, the Combo with ``normalize_contr=False``) reject it by name.
-
-Interpret mode is slow: the default cases are tiny; larger ones are marked slow.
+  ``sharded_harness``): the fused loss of each shard, with the all-gathered columns (``'fused'``)
+  or on the ring (``'fused_ring'``), == the dense loss, value and gradients (wrt the features, and
+  wrt parameters inside ``shard_map``); every listed loss once in the default suite, every variant
+  with both schedules in the slow one. Each comparison is one jitted program over all the losses
+  (``sharded_harness.check_losses``; compilation is the time of these tiny cases);
+* bfloat16 matmul inputs: the error against float32 is like blockwise's (slow);
+* 'auto' never picks 'fused'; the pair functions that are no function of one dot product (rnc, the
+  Combo with ``normalize_contr=False``, a plain pair function) reject it by name.
 """
 
 import functools
@@ -185,27 +188,24 @@ def _worker():
         f, y, c, impl=impl, tile=SHARDED_TILE, axis_name=axis_name)
     cases[case] = (fused, dense, unit if official else feats, official)
   results = {}
-  inside = os.environ['FUSED_WORKER_INSIDE'] == '1'
-  sharded_harness.check_losses(results, cases, (labels, cdf), x=x, w=w, mesh=mesh, inside=inside)
+  sharded_harness.check_losses(results, cases, (labels, cdf), x=x, w=w, mesh=mesh)
   sharded_harness.emit(results)
 
 
 # The default suite: every listed loss once, half of them with the all-gathered columns, half on
-# the ring (official ACCon: five statistics, a max among them), value and gradient wrt the features;
-# the slow suite: every variant with both schedules, and the gradient wrt parameters inside
-# shard_map too.
+# the ring (official ACCon: five statistics, a max among them); the slow suite: every variant with
+# both schedules.
 SHARDED_DEFAULT = ('simclr/fused,supcon/fused_ring,adacon/fused,accon_official/fused_ring,'
                    'dystress/fused,mio_v3/fused_ring,bcl/fused_ring')
 SHARDED_SLOW = ','.join(f'{name}/{impl}' for name in sorted(CASES) for impl in IMPLS)
 
 
-@pytest.mark.parametrize('cases, inside', [
-    (SHARDED_DEFAULT, False), pytest.param(SHARDED_SLOW, True, marks=pytest.mark.slow)])
-def test_fused_inside_shard_map_on_8_cpu_devices(cases, inside, monkeypatch):
+@pytest.mark.parametrize('cases', [
+    SHARDED_DEFAULT, pytest.param(SHARDED_SLOW, marks=pytest.mark.slow)])
+def test_fused_inside_shard_map_on_8_cpu_devices(cases, monkeypatch):
   monkeypatch.setenv('FUSED_WORKER_CASES', cases)
-  monkeypatch.setenv('FUSED_WORKER_INSIDE', str(int(inside)))
   results = sharded_harness.run_worker(__file__)
-  sharded_harness.assert_all_ok(results, (4 if inside else 2) * len(cases.split(',')))
+  sharded_harness.assert_all_ok(results, 4 * len(cases.split(',')))
 
 
 if __name__ == '__main__':
