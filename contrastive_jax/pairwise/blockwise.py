@@ -63,10 +63,6 @@ DEFAULT_CPU_TILE = (1024, 4096)
 # impl='fused': on-chip blocks of the Pallas kernel (FlashAttention-sized for d = 128; not yet tuned
 # on a GPU), the same on every backend.
 DEFAULT_FUSED_TILE = (64, 64)
-# The losses with an impl='fused' kernel (pairwise.fused; binary_contrastive_combo with its default
-# normalize_contr=True).
-FUSED_LOSSES = ("simclr", "supcon", "adacon", "accon", "dystress", "mio", "binary_contrastive",
-                "binary_contrastive_combo")
 # Dense temporaries per pair entry (logits, masks, exponentials, their cotangents): a generous
 # estimate used by impl='auto'.
 _DENSE_BYTES_PER_PAIR = 32
