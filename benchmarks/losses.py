@@ -6,10 +6,11 @@ r"""Forward+backward time and memory of the contrastive losses, dense vs blockwi
     python benchmarks/losses.py --losses supcon,adacon,accon --modes dense,blockwise,fused \
         --sizes 2048,32768,1048576 --reps 3                                    # the Pallas kernel
 
-``--modes fused`` runs ``impl='fused'`` (the Pallas kernel of ``pairwise.fused``: simclr, supcon,
-adacon; other losses record the ValueError as their status) with ``--fused-tile`` (default: the
-library's ``DEFAULT_FUSED_TILE``), not ``--tile``. Off GPU it runs in Pallas interpret mode: its
-times there say nothing about the kernel.
+``--modes fused`` runs ``impl='fused'`` (the Pallas kernel of ``pairwise.fused``: every loss of the
+SupCon family, simclr, supcon, adacon, accon, dystress, mio, bcl; rnc records the ValueError as its
+status) with ``--fused-tile`` (default: the library's ``DEFAULT_FUSED_TILE``), not ``--tile``; with
+``--shard``, ``fused_ring`` runs it on each step of the ring. Off GPU it runs in Pallas interpret
+mode: its times there say nothing about the kernel.
 
 For each loss, mode (``impl``) and number of rows ``M = batch * views`` (two views, ``d = 128``) it
 jit-compiles ``jax.value_and_grad`` of the loss w.r.t. the features, runs it once to warm up, then
@@ -240,7 +241,8 @@ def main(argv=None):
           rows.append({"loss": name, "impl": impl, "M": m, "status": f"skipped ({stop})"})
           continue
         try:
-          row = run_one(name, impl, m, fused_tile if impl == "fused" else tile, matmul_dtype,
+          fused = impl in ("fused", "fused_ring")
+          row = run_one(name, impl, m, fused_tile if fused else tile, matmul_dtype,
                         args.reps, rates, mesh=mesh, rnc_options=rnc_options)
           if row["median_s"] > args.max_seconds:
             stop = f"M={m} took {row['median_s']:.0f} s"

@@ -115,3 +115,59 @@ def assert_all_ok(results, expected_checks):
   assert len(results) == expected_checks, sorted(results)
   failures = {k: v for k, v in results.items() if not v['ok']}
   assert not failures, json.dumps(failures, indent=1)
+
+
+def check_losses(results, cases, sharded_args=(), *, x, w, mesh, rtol=RTOL, atol=ATOL):
+  """:func:`check_loss` for several losses at once: each of its four comparisons is ONE jitted
+  program over all the losses (one compilation instead of one per loss, which dominates the time of
+  tiny cases, e.g. Pallas kernels in interpret mode).
+
+  ``cases``: ``name -> (fn, reference_fn, features, normalise)`` with ``fn`` / ``reference_fn`` /
+  ``normalise`` as in :func:`check_loss` and ``features`` the global features of that case.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+  names = list(cases)
+  sharded_args = tuple(sharded_args)
+  specs = (P('batch'),) * (1 + len(sharded_args))
+  check = functools.partial(errors, rtol=rtol, atol=atol)
+
+  def of_w(loss, normalise):
+    def loss_of_w(w_, x_, *a, axis_name=None):
+      feats = x_ @ w_
+      if normalise:
+        feats = feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
+      return loss(feats, *a, axis_name=axis_name)
+    return loss_of_w
+
+  def all_dense(features, *a):
+    return [jax.value_and_grad(cases[n][1])(f, *a) for n, f in zip(names, features)]
+
+  def all_sharded(features, *a):
+    out = []
+    for n, f in zip(names, features):
+      sharded = jax.shard_map(functools.partial(cases[n][0], axis_name='batch'), mesh=mesh,
+                              in_specs=specs, out_specs=P())
+      out.append(jax.value_and_grad(sharded)(f, *a))
+    return out
+
+  def all_dense_w(w_, x_, *a):
+    return [jax.value_and_grad(of_w(cases[n][1], cases[n][3]))(w_, x_, *a) for n in names]
+
+  def all_inside(x_, w_, *a):
+    return [jax.value_and_grad(of_w(cases[n][0], cases[n][3]))(w_, x_, *a, axis_name='batch')
+            for n in names]
+
+  features = [cases[n][2] for n in names]
+  dense = jax.jit(all_dense)(features, *sharded_args)
+  sharded = jax.jit(all_sharded)(features, *sharded_args)
+  dense_w = jax.jit(all_dense_w)(w, x, *sharded_args)
+  in_w = jax.jit(jax.shard_map(all_inside, mesh=mesh, in_specs=(P('batch'), P()) + specs[1:],
+                               out_specs=[(P(), P())] * len(names)))(x, w, *sharded_args)
+  for n, d, s, dw, iw in zip(names, dense, sharded, dense_w, in_w):
+    results[f'{n}/value'] = check(s[0], d[0])
+    results[f'{n}/grad_features'] = check(s[1], d[1])
+    results[f'{n}/inside_value'] = check(iw[0], dw[0])
+    results[f'{n}/inside_grad_W'] = check(iw[1], dw[1])

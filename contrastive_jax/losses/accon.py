@@ -51,15 +51,16 @@ def compensated_cosine(cos: jax.Array, label_diff: jax.Array, label_range: float
 
 
 def _positives(params, binned: bool, a_y, c_y):
-  """Same label (or, with ``bin_width``, the same bin ``floor(y / bin_width)``)."""
+  """Same label (or, with ``bin_width``, the same bin ``floor(y / bin_width)``); ``bin_width`` may
+  be a scalar or an ``[r, 1]`` column (impl='fused')."""
   if binned:
-    return jnp.floor(a_y / params["bin_width"])[:, None] == jnp.floor(c_y / params["bin_width"])[None, :]
+    width = params["bin_width"]
+    return jnp.floor(a_y[:, None] / width) == jnp.floor(c_y[None, :] / width)
   return a_y[:, None] == c_y[None, :]
 
 
-def _paper_logits(binned, matmul_dtype, params, a, c, a_y, c_y):
+def _paper_logits(binned, params, cos, a_y, c_y):
   """ACCon tile (Eq. 4, 7): ``c / tau`` for positives, ``cos~theta / tau`` for negatives."""
-  cos = pairwise.tile_dot(a, c, matmul_dtype)
   positive = _positives(params, binned, a_y, c_y)
   label_diff = c_y[None, :] - a_y[:, None]
   negative = compensated_cosine(cos, label_diff, params["label_range"], params["epsilon"])
@@ -72,8 +73,8 @@ def _paper_logits(binned, matmul_dtype, params, a, c, a_y, c_y):
 _OFFICIAL_KINDS = ("max", "lse", "lse", "sum", "sum")
 
 
-def _official_pairs(binned, matmul_dtype, params, a, c, a_y, c_y, is_self):
-  cos = jnp.clip(pairwise.tile_dot(a, c, matmul_dtype), -1.0, 1.0)
+def _official_pairs(binned, params, cos, a_y, c_y, is_self):
+  cos = jnp.clip(cos, -1.0, 1.0)
   logits = cos / params["temperature"]
   valid = ~is_self
   positive = _positives(params, binned, a_y, c_y) & valid
@@ -132,9 +133,9 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
     base_temperature: ``official=True`` only: the loss is scaled by ``tau / tau_base``; defaults to
       ``temperature`` as in the official training script.
     axis_name: mesh axis when called per shard inside ``shard_map``.
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
-      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
-      ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
+      'fused_ring' | 'auto'), tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``; 'fused': the Pallas kernel of ``pairwise.fused``).
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
@@ -153,11 +154,11 @@ def accon(features: jax.Array, labels: jax.Array, label_range: float, temperatur
                             finite=(features, labels, epsilon),
                             positive=(label_range, temperature, bin_width, base_temperature))
   if not official:
-    logits_fn = functools.partial(_paper_logits, binned, block.matmul_dtype)
+    logits_fn = functools.partial(_paper_logits, binned)
     return guard(softmax_loss(logits_fn, params, rows, anchor_y, column_y, 1.0, axis_name, block))
   base_temperature = temperature if base_temperature is None else base_temperature
   _checks.check_positive(base_temperature, "base_temperature")
-  pair_fn = functools.partial(_official_pairs, binned, block.matmul_dtype)
+  pair_fn = pairwise.DotPairFn(functools.partial(_official_pairs, binned), block.matmul_dtype)
   stats = pairwise.row_statistics(pair_fn, _OFFICIAL_KINDS, params, rows.anchors, rows.columns,
                                   anchor_y, column_y, rows.row_offset, block=block,
       axis_name=axis_name)

@@ -23,7 +23,6 @@ import numpy as np
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 from contrastive_jax.losses.supcon import check_temperature
-from contrastive_jax.losses.supcon import fused_softmax_loss
 from contrastive_jax.losses.supcon import softmax_loss
 from contrastive_jax.losses.supcon import split_temperature
 from contrastive_jax.losses.supcon import tile_temperature
@@ -100,10 +99,9 @@ def prepare_ecdf(train_labels, loss_cfg=None) -> dict:
   return {"cdf": fit_ecdf(train_labels)}
 
 
-def _margin_logits(profile, matmul_dtype, params, a, c, a_aux, c_aux):
+def _margin_logits(profile, params, cos, a_aux, c_aux):
   """AdaCon tile (Eq. 4, 6): ``(cos + d) / tau`` with ``d = 2 |phi_i - phi_a|`` for negatives."""
   (a_y, a_phi), (c_y, c_phi) = a_aux, c_aux
-  cos = pairwise.tile_dot(a, c, matmul_dtype)
   positive = a_y[:, None] == c_y[None, :]
   margin = jnp.where(positive, 0.0, 2.0 * jnp.abs(a_phi[:, None] - c_phi[None, :]))
   return (cos + margin) / tile_temperature(profile, params, cos), positive
@@ -125,8 +123,8 @@ def adacon(features: jax.Array, labels: jax.Array, cdf, temperature=1.0 / 150.0,
       stop-gradient cosine similarity (e.g. a DySTreSS profile, ``dystress_temperature``).
     axis_name: mesh axis when called per shard inside ``shard_map``.
     impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
-      'auto'), tile shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``;
-      'fused': the Pallas kernel of ``pairwise.fused``, scalar temperatures only).
+      'fused_ring' | 'auto'), tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``; 'fused': the Pallas kernel of ``pairwise.fused``).
   """
   features = _checks.check_features(features, axis_name)
   labels = _checks.check_per_sample(labels, features.shape[0], "labels")
@@ -141,13 +139,9 @@ def adacon(features: jax.Array, labels: jax.Array, cdf, temperature=1.0 / 150.0,
   rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
   anchor_phi, column_phi = rows.per_sample(cdf.astype(features.dtype), axis_name)
-  if block.impl == "fused":
-    loss = fused_softmax_loss(rows, temperature, anchor_y, column_y, 1.0, axis_name, block,
-                              margins=(2.0 * anchor_phi, 2.0 * column_phi))
-  else:
-    profile, params = split_temperature(temperature)
-    logits_fn = functools.partial(_margin_logits, profile, block.matmul_dtype)
-    loss = softmax_loss(logits_fn, params, rows, (anchor_y, anchor_phi), (column_y, column_phi),
-                        1.0, axis_name, block)
+  profile, params = split_temperature(temperature)
+  logits_fn = functools.partial(_margin_logits, profile)
+  loss = softmax_loss(logits_fn, params, rows, (anchor_y, anchor_phi), (column_y, column_phi),
+                      1.0, axis_name, block)
   return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels), unit_interval=(cdf,),
                                   positive=(temperature,))

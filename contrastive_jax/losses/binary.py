@@ -53,6 +53,7 @@ from contrastive_jax.losses import _checks
 from contrastive_jax.losses.supcon import SOFTMAX_KINDS
 from contrastive_jax.losses.supcon import mean_log_prob
 from contrastive_jax.losses.supcon import softmax_statistics
+from contrastive_jax.losses.supcon import unit_rows
 
 
 require_views = _checks.check_views  # (features, min_views, loss name)
@@ -98,23 +99,30 @@ def _bcl_terms(params, cos, positive, negative):
           jnp.where(negative, jax.nn.softplus(logits), 0.0))
 
 
-def _bcl_pairs(matmul_dtype, params, a, c, a_sample, c_sample, is_self):
-  """One statistic: the summed pair negative log-likelihoods of the L2-normalised tile."""
-  cos = pairwise.tile_dot(pairwise.l2_normalize(a), pairwise.l2_normalize(c), matmul_dtype)
+def _bcl_pairs(params, cos, a_sample, c_sample, is_self):
+  """One statistic: the summed pair negative log-likelihoods of the tile's cosines (the dot
+  products of L2-normalised rows)."""
   positive, negative = sample_masks(a_sample, c_sample, is_self)
   return (_bcl_terms(params, cos, positive, negative),)
 
 
-def _combo_pairs(matmul_dtype, normalize_contr, params, a, c, a_sample, c_sample, is_self):
-  """Eq. 4.14 pair terms and the SupCon-family statistics of Eq. 4.17's squared-distance logits."""
-  a_unit, c_unit = pairwise.l2_normalize(a), pairwise.l2_normalize(c)
-  cos = pairwise.tile_dot(a_unit, c_unit, matmul_dtype)
+def _combo_unit_pairs(params, cos, a_aux, c_aux, is_self):
+  """Eq. 4.14 pair terms and the SupCon-family statistics of Eq. 4.17's squared-distance logits
+  ``(2 cos - |c_j|^2) / tau_c`` of L2-normalised rows (aux: sample ids and squared norms)."""
+  (a_sample, _), (c_sample, c_sq) = a_aux, c_aux
   positive, negative = sample_masks(a_sample, c_sample, is_self)
   bcl = _bcl_terms(params, cos, positive, negative)
-  if normalize_contr:
-    contr_logits = (2.0 * cos - jnp.sum(c_unit * c_unit, axis=1)[None, :]) / params["contr_temperature"]
-  else:
-    contr_logits = squared_distance_logits(a, c, params["contr_temperature"], matmul_dtype)
+  contr_logits = (2.0 * cos - c_sq[None, :]) / params["contr_temperature"]
+  return (bcl,) + softmax_statistics(contr_logits, positive, is_self)
+
+
+def _combo_raw_pairs(matmul_dtype, params, a, c, a_sample, c_sample, is_self):
+  """``normalize_contr=False``: Eq. 4.14 on the cosines, Eq. 4.17 on the raw embeddings' squared
+  distances (two dot products per pair: no DotPairFn, no impl='fused')."""
+  cos = pairwise.tile_dot(pairwise.l2_normalize(a), pairwise.l2_normalize(c), matmul_dtype)
+  positive, negative = sample_masks(a_sample, c_sample, is_self)
+  bcl = _bcl_terms(params, cos, positive, negative)
+  contr_logits = squared_distance_logits(a, c, params["contr_temperature"], matmul_dtype)
   return (bcl,) + softmax_statistics(contr_logits, positive, is_self)
 
 
@@ -133,9 +141,9 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
       loss: 1) or ``'nce'`` for ``T_n / T_p = (M - V)/(V - 1)`` (``2N - 2`` with two views,
       Eq. 4.10).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
-      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
-      ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
+      'fused_ring' | 'auto'), tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``; 'fused': the Pallas kernel of ``pairwise.fused``).
 
   Returns:
     The scalar loss (float32, or float64 for float64 inputs under x64).
@@ -145,9 +153,9 @@ def binary_contrastive(features: jax.Array, temperature: float = 0.25, *,
   _checks.check_positive(temperature, "temperature")
   nu = resolve_nu(nu, global_num_rows(features, axis_name), features.shape[1])
   block = pairwise.blocking(impl, tile, matmul_dtype)
-  rows = pairwise.make_rows(features, axis_name)
+  rows = unit_rows(features, axis_name)
   (summed,) = pairwise.row_statistics(
-      functools.partial(_bcl_pairs, block.matmul_dtype), ("sum",),
+      pairwise.DotPairFn(_bcl_pairs, block.matmul_dtype), ("sum",),
       {"temperature": temperature, "nu": nu}, rows.anchors, rows.columns, rows.anchor_sample,
       rows.column_sample, rows.row_offset, block=block,
       axis_name=axis_name)
@@ -178,7 +186,8 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
     nu: the binary term's imbalance factor (see :func:`binary_contrastive`).
     normalize_contr: squared distances of L2-normalised embeddings (default) or of the raw ones.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: as in :func:`binary_contrastive`.
+    impl, tile, matmul_dtype: as in :func:`binary_contrastive` ('fused' / 'fused_ring' with
+      ``normalize_contr=True`` only; see ``pairwise.fused``).
 
   Returns:
     The scalar loss.
@@ -192,13 +201,27 @@ def binary_contrastive_combo(features: jax.Array, temperature: float = 0.25,
     raise ValueError(f"`contr_weight` must be a finite number >= 0; got {contr_weight!r}.")
   nu = resolve_nu(nu, global_num_rows(features, axis_name), features.shape[1])
   block = pairwise.blocking(impl, tile, matmul_dtype)
-  rows = pairwise.make_rows(features, axis_name)
   params = {"temperature": temperature, "nu": nu, "contr_temperature": contr_temperature}
+  if normalize_contr:
+    rows = unit_rows(features, axis_name)
+    pair_fn = pairwise.DotPairFn(_combo_unit_pairs, block.matmul_dtype)
+    squared = lambda x: jnp.sum(x * x, axis=1)
+    anchor_aux = (rows.anchor_sample, squared(rows.anchors))
+    column_aux = (rows.column_sample, squared(rows.columns))
+  else:
+    if block.impl in pairwise.blockwise.FUSED_IMPLS:
+      raise ValueError(
+          f"binary_contrastive_combo(normalize_contr=False) has no impl={block.impl!r}: its "
+          "contrastive term needs the raw embeddings' dot products and its binary term their "
+          "cosines, s / (|a_i| |c_j|), i.e. gradients through per-row and per-column norms, and "
+          "the fused kernel's per-row / per-column inputs are constants. Use normalize_contr=True "
+          "or 'dense', 'blockwise', 'ring' or 'auto'.")
+    rows = pairwise.make_rows(features, axis_name)
+    pair_fn = functools.partial(_combo_raw_pairs, block.matmul_dtype)
+    anchor_aux, column_aux = rows.anchor_sample, rows.column_sample
   bcl_sum, *contr_stats = pairwise.row_statistics(
-      functools.partial(_combo_pairs, block.matmul_dtype, bool(normalize_contr)),
-      ("sum",) + SOFTMAX_KINDS, params, rows.anchors, rows.columns, rows.anchor_sample,
-      rows.column_sample, rows.row_offset, block=block,
-      axis_name=axis_name)
+      pair_fn, ("sum",) + SOFTMAX_KINDS, params, rows.anchors, rows.columns, anchor_aux,
+      column_aux, rows.row_offset, block=block, axis_name=axis_name)
   bcl = pairwise.global_mean(bcl_sum / rows.columns.shape[0], axis_name)
   contr = -pairwise.global_mean(mean_log_prob(*contr_stats), axis_name)
   return _checks.nan_unless_valid(bcl + contr_weight * contr, axis_name, finite=(features,),

@@ -142,9 +142,8 @@ def _profile(similarity, tau_min, tau_max, profile, shift, scale, rate):
   return tau.astype(c.dtype)
 
 
-def _dystress_logits(profile, grad_through_temperature, matmul_dtype, params, a, c, a_s, c_s):
+def _dystress_logits(profile, grad_through_temperature, params, cos, a_s, c_s):
   """DySTreSS tile: ``c / tau(c)`` (Eq. 6.1), positives the other views of the same sample."""
-  cos = pairwise.tile_dot(a, c, matmul_dtype)
   source = cos if grad_through_temperature else jax.lax.stop_gradient(cos)
   tau = _profile(source, params["tau_min"], params["tau_max"], profile, params["shift"],
                  params["scale"], params["rate"])
@@ -164,9 +163,9 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
     grad_through_temperature: False (default, the author's code): ``tau`` from stop-gradient
       similarities; True: differentiate through ``tau(c)`` as well.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
-      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
-      ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
+      'fused_ring' | 'auto'), tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``; 'fused': the Pallas kernel of ``pairwise.fused``).
 
   Returns:
     The scalar loss, the mean over all anchors of the global batch.
@@ -177,8 +176,7 @@ def dystress(features: jax.Array, tau_min, tau_max, profile: str = "cosine", shi
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   params = {"tau_min": tau_min, "tau_max": tau_max, "shift": shift, "scale": scale, "rate": rate}
-  logits_fn = functools.partial(_dystress_logits, profile, bool(grad_through_temperature),
-                                block.matmul_dtype)
+  logits_fn = functools.partial(_dystress_logits, profile, bool(grad_through_temperature))
   loss = softmax_loss(logits_fn, params, rows, rows.anchor_sample, rows.column_sample, 1.0,
                       axis_name, block)
   ordered = None

@@ -57,10 +57,10 @@ def capped_exp(x: jax.Array) -> jax.Array:
   return jnp.exp(jnp.minimum(x, cap)) * (1.0 + jnp.maximum(x - cap, 0.0))
 
 
-def _mio_pairs(version, matmul_dtype, params, a, c, a_s, c_s, is_self):
+def _mio_pairs(version, params, cos, a_s, c_s, is_self):
   """MIO tile: (positive-pair term, negative-pair term) of Eq. 5.13 / 5.16 / 5.21 with ``u = c/tau``;
   v3's negative statistic is a log-sum-exp of ``u`` (its mean of ``e^u`` is formed afterwards)."""
-  u = pairwise.tile_dot(a, c, matmul_dtype) / params["temperature"]
+  u = cos / params["temperature"]
   positive, negative = sample_masks(a_s, c_s, is_self)
   pos_terms = jax.nn.softplus(-u) if version == 1 else -u  # -ln sigma(u), or -u
   if version == 3:
@@ -82,9 +82,9 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
       positive-pair repulsion ``R_pp``) or 3 (MIOv3, the proposed loss: ``ln(1 + e^x)`` of the
       negatives replaced by its upper bound ``e^x``, Eq. 5.19).
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
-    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' |
-      'auto'), blockwise tile shape and optional bfloat16 similarity matmul (see
-      ``pairwise.blockwise``).
+    impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
+      'fused_ring' | 'auto'), tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``; 'fused': the Pallas kernel of ``pairwise.fused``).
 
   Returns:
     The scalar loss.
@@ -99,7 +99,7 @@ def mio(features: jax.Array, temperature: float = 0.2, version: int = 1, *,
   rows = unit_rows(features, axis_name)
   views, total = rows.num_views, rows.columns.shape[0]
   pos, neg = pairwise.row_statistics(
-      functools.partial(_mio_pairs, version, block.matmul_dtype),
+      pairwise.DotPairFn(functools.partial(_mio_pairs, version), block.matmul_dtype),
       ("sum", "lse" if version == 3 else "sum"), {"temperature": temperature}, rows.anchors,
       rows.columns, rows.anchor_sample, rows.column_sample, rows.row_offset, block=block,
       axis_name=axis_name)

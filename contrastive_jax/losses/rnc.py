@@ -377,9 +377,10 @@ def rnc(features: jax.Array, labels: jax.Array, temperature: float = 2.0,
   if block.impl == "ring":
     raise ValueError("rnc does not support impl='ring': each anchor's ranking sets need the labels "
                      "of all columns; use 'blockwise' (anchor tiles against the gathered columns).")
-  if block.impl == "fused":
-    raise ValueError("rnc does not support impl='fused' (a Pallas kernel for simclr, supcon and "
-                     "adacon only); use 'dense', 'blockwise' or 'auto'.")
+  if block.impl in pairwise.blockwise.FUSED_IMPLS:
+    raise ValueError(f"rnc does not support impl={block.impl!r} (the Pallas kernel of the SupCon "
+                     "family: its ranking sets are not statistics of one dot product per pair); "
+                     "use 'dense', 'blockwise' or 'auto'.")
   rows = pairwise.make_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels.astype(features.dtype), axis_name)
   num_rows, num_cols = rows.anchors.shape[0], rows.columns.shape[0]

@@ -38,40 +38,23 @@ def mean_log_prob(log_denominator, positive_sum, count):
   return positive_sum / jnp.maximum(count, 1.0) - jnp.where(count > 0, log_denominator, 0.0)
 
 
-def softmax_pair_fn(logits_fn):
-  """Pair function of the SupCon family from ``logits_fn(params, a, c, a_aux, c_aux)`` returning
-  the tile's ``(logits, positive)``."""
-  def pair_fn(params, a, c, a_aux, c_aux, is_self):
-    logits, positive = logits_fn(params, a, c, a_aux, c_aux)
+def softmax_pair_fn(logits_fn, matmul_dtype=None) -> pairwise.DotPairFn:
+  """Pair function of the SupCon family from ``logits_fn(params, cos, a_aux, c_aux)`` returning the
+  tile's ``(logits, positive)`` from its dot products ``cos`` (every mode, ``'fused'`` included:
+  the Pallas kernel applies the same ``logits_fn`` to the block it forms on chip)."""
+  def from_dot(params, cos, a_aux, c_aux, is_self):
+    logits, positive = logits_fn(params, cos, a_aux, c_aux)
     return softmax_statistics(logits, positive, is_self)
-  return pair_fn
+  return pairwise.DotPairFn(from_dot, matmul_dtype)
 
 
 def softmax_loss(logits_fn, params, rows: pairwise.Rows, anchor_aux, column_aux, scale,
                  axis_name: Optional[str], block: pairwise.Blocking) -> jax.Array:
   """``-scale * mean_i mean_{p in P(i)} log softmax_{a != i}(logits_i)_p`` over the global batch,
-  dense or blockwise (``block``); ``logits_fn`` as in :func:`softmax_pair_fn`."""
-  stats = pairwise.row_statistics(softmax_pair_fn(logits_fn), SOFTMAX_KINDS, params, rows.anchors,
-                                  rows.columns, anchor_aux, column_aux, rows.row_offset,
-                                  block=block, axis_name=axis_name)
-  return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
-
-
-def fused_softmax_loss(rows: pairwise.Rows, temperature, anchor_y, column_y, scale,
-                       axis_name: Optional[str], block: pairwise.Blocking,
-                       margins=None) -> jax.Array:
-  """:func:`softmax_loss` for ``impl='fused'``: the statistics of ``cos / tau`` (plus the AdaCon
-  ``margins`` ``(anchor, column)`` of ``2 phi``, if given) from the Pallas kernels of
-  ``pairwise.fused``; positives are equal labels. ``temperature`` must be a scalar."""
-  if callable(temperature):
-    raise ValueError("`impl`='fused' needs a scalar `temperature` (its kernel has no per-pair "
-                     "temperature profile); use 'dense', 'blockwise' or 'ring'.")
-  anchor_margin = column_margin = None
-  if margins is not None:
-    anchor_margin, column_margin = (m / temperature for m in margins)
-  stats = pairwise.fused.softmax_statistics(
-      rows.anchors / temperature, rows.columns, anchor_y, column_y, rows.row_offset, block=block,
-      anchor_margin=anchor_margin, column_margin=column_margin)
+  in any mode of ``block``; ``logits_fn`` as in :func:`softmax_pair_fn`."""
+  stats = pairwise.row_statistics(softmax_pair_fn(logits_fn, block.matmul_dtype), SOFTMAX_KINDS,
+                                  params, rows.anchors, rows.columns, anchor_aux, column_aux,
+                                  rows.row_offset, block=block, axis_name=axis_name)
   return -scale * pairwise.global_mean(mean_log_prob(*stats), axis_name)
 
 
@@ -123,9 +106,8 @@ def tile_temperature(profile, params, cos: jax.Array):
   return pair_temperature(params["temperature"] if profile is None else profile, cos)
 
 
-def _label_logits(profile, matmul_dtype, params, a, c, a_y, c_y):
+def _label_logits(profile, params, cos, a_y, c_y):
   """SupCon tile: ``cos / tau``, positives where the labels (or sample ids) are equal."""
-  cos = pairwise.tile_dot(a, c, matmul_dtype)
   return cos / tile_temperature(profile, params, cos), a_y[:, None] == c_y[None, :]
 
 
@@ -143,8 +125,8 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
     base_temperature: ``tau_base``; the loss is scaled by ``tau / tau_base``.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
     impl, tile, matmul_dtype: execution mode ('dense' | 'blockwise' | 'ring' | 'fused' |
-      'auto'), tile shape and optional bfloat16 similarity matmul (see ``pairwise.blockwise``;
-      'fused': the Pallas kernel of ``pairwise.fused``, scalar temperatures only).
+      'fused_ring' | 'auto'), tile shape and optional bfloat16 similarity matmul (see
+      ``pairwise.blockwise``; 'fused': the Pallas kernel of ``pairwise.fused``).
 
   Returns:
     The float32 scalar loss, the mean over all anchors of the global batch.
@@ -155,12 +137,9 @@ def supcon(features: jax.Array, labels: jax.Array, temperature=0.07,
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   anchor_y, column_y = rows.per_sample(labels, axis_name)
-  if block.impl == "fused":
-    loss = fused_softmax_loss(rows, temperature, anchor_y, column_y, scale, axis_name, block)
-  else:
-    profile, params = split_temperature(temperature)
-    logits_fn = functools.partial(_label_logits, profile, block.matmul_dtype)
-    loss = softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
+  profile, params = split_temperature(temperature)
+  logits_fn = functools.partial(_label_logits, profile)
+  loss = softmax_loss(logits_fn, params, rows, anchor_y, column_y, scale, axis_name, block)
   return _checks.nan_unless_valid(loss, axis_name, finite=(features, labels),
                                   positive=(temperature, base_temperature))
 
@@ -182,12 +161,8 @@ def simclr(features: jax.Array, temperature: float = 0.5, base_temperature: Opti
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
   scale = temperature / base_temperature
-  if block.impl == "fused":
-    loss = fused_softmax_loss(rows, temperature, rows.anchor_sample, rows.column_sample, scale,
-                              axis_name, block)
-  else:
-    logits_fn = functools.partial(_label_logits, None, block.matmul_dtype)
-    loss = softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
-                        rows.column_sample, scale, axis_name, block)
+  logits_fn = functools.partial(_label_logits, None)
+  loss = softmax_loss(logits_fn, {"temperature": temperature}, rows, rows.anchor_sample,
+                      rows.column_sample, scale, axis_name, block)
   return _checks.nan_unless_valid(loss, axis_name, finite=(features,),
                                   positive=(temperature, base_temperature))

@@ -10,6 +10,7 @@ the whole matrix or tile by tile with an online log-sum-exp (O(M) memory, custom
 from contrastive_jax.pairwise import blockwise
 from contrastive_jax.pairwise import fused
 from contrastive_jax.pairwise.blockwise import Blocking
+from contrastive_jax.pairwise.blockwise import DotPairFn
 from contrastive_jax.pairwise.blockwise import blocking
 from contrastive_jax.pairwise.blockwise import row_statistics
 from contrastive_jax.pairwise.blockwise import tile_dot

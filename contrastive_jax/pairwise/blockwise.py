@@ -20,9 +20,12 @@ evaluates it
 * ``impl='auto'``: dense when the ``[n, N]`` temporaries fit comfortably in device memory (a quarter
   of it, or 2 GiB where the backend does not report it), blockwise otherwise. It never picks
   ``'fused'`` (below) until that kernel has been timed faster than blockwise on a GPU.
-* ``impl='fused'``: not a pair-function mode. simclr, supcon and adacon evaluate their statistics
-  with the Pallas kernels of ``pairwise.fused`` instead of calling :func:`row_statistics`, which
-  rejects ``'fused'`` for every other loss.
+* ``impl='fused'``: the Pallas kernels of ``pairwise.fused`` (one kernel per row tile: matmul, the
+  pair function's entries and the online statistics, the ``[tile, tile]`` block never leaving
+  on-chip memory). For pair functions of the tile's dot products only (:class:`DotPairFn`: every
+  loss of the SupCon family except ``binary_contrastive_combo(normalize_contr=False)``); any other
+  pair function raises a ``ValueError``. ``impl='fused_ring'``: the same kernels on each step of the
+  ring schedule below (inside ``shard_map``; ``'fused'`` without ``axis_name``).
 
 Inside ``jax.shard_map`` the columns are the all-gathered batch and the anchors this shard's rows;
 ``row_offset`` (the global index of the first local anchor) identifies each anchor's own column. The
@@ -51,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = ("lse", "sum", "max")
-IMPLS = ("dense", "blockwise", "ring", "fused", "auto")
+IMPLS = ("dense", "blockwise", "ring", "fused", "fused_ring", "auto")
+FUSED_IMPLS = ("fused", "fused_ring")
 # Default tiles: (8192, 8192) on accelerators (measured on an H100: 1.3x the dense time at M = 32768,
 # docs/benchmarks.md), smaller on CPU, where the tile's temporaries live in host memory.
 DEFAULT_TILE = (8192, 8192)
@@ -59,8 +63,6 @@ DEFAULT_CPU_TILE = (1024, 4096)
 # impl='fused': on-chip blocks of the Pallas kernel (FlashAttention-sized for d = 128; not yet tuned
 # on a GPU), the same on every backend.
 DEFAULT_FUSED_TILE = (64, 64)
-# The losses with an impl='fused' kernel (pairwise.fused).
-FUSED_LOSSES = ("simclr", "supcon", "adacon")
 # Dense temporaries per pair entry (logits, masks, exponentials, their cotangents): a generous
 # estimate used by impl='auto'.
 _DENSE_BYTES_PER_PAIR = 32
@@ -73,12 +75,13 @@ class Blocking(NamedTuple):
   """How a pairwise loss schedules its pair matrix.
 
   Attributes:
-    impl: 'dense', 'blockwise' or 'auto' (see the module docstring).
+    impl: 'dense', 'blockwise', 'ring', 'fused', 'fused_ring' or 'auto' (see the module
+      docstring).
     row_tile, col_tile: the blockwise tile shape.
     matmul_dtype: None (the features' dtype) or a low-precision dtype (``jnp.bfloat16``) for the
       similarity matmul's inputs, accumulated in float32 (softmax statistics stay float32).
   """
-  impl: str = "auto"  # or 'ring' / 'fused'
+  impl: str = "auto"  # or 'ring' / 'fused' / 'fused_ring'
   row_tile: int = DEFAULT_CPU_TILE[0]
   col_tile: int = DEFAULT_CPU_TILE[1]
   matmul_dtype: Any = None
@@ -90,7 +93,7 @@ def blocking(impl: str = "auto", tile: Union[None, int, Sequence[int]] = None,
   ``matmul_dtype`` (None, or a floating dtype / its name such as ``'bfloat16'``)."""
   if impl not in IMPLS:
     raise ValueError(f"`impl` must be one of {IMPLS}; got {impl!r}.")
-  if tile is None and impl == "fused":
+  if tile is None and impl in FUSED_IMPLS:
     tile = DEFAULT_FUSED_TILE
   elif tile is None:
     tile = DEFAULT_CPU_TILE if jax.default_backend() == "cpu" else DEFAULT_TILE
@@ -123,7 +126,7 @@ def _dense_budget_bytes() -> int:
 def resolve_impl(impl: str, num_rows: int, num_cols: int,
                  budget_bytes: Optional[int] = None) -> str:
   """'dense' or 'blockwise' for an ``[num_rows, num_cols]`` pair matrix (see module docstring);
-  any other ``impl`` than 'auto' is returned as is ('auto' never gives 'ring' or 'fused').
+  any other ``impl`` than 'auto' is returned as is ('auto' never gives 'ring' or a fused mode).
 
   ``budget_bytes``: the most the dense temporaries of 'auto' may take; None: a quarter of the first
   local device's memory (its ``bytes_limit``), or a fixed fallback where the backend reports none.
@@ -394,48 +397,53 @@ def _block_offset(row_offset, step, axis_name, axis_size: int, block_rows: int):
   return row_offset - owner * block_rows
 
 
-def _ring_forward(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux, row_offset):
+def _ring_forward(forward, kinds, num_rows, axis_name, axis_size, params, anchors, a_aux,
+                  row_offset):
   axes = _varying_axes(params, anchors, a_aux, row_offset)
 
   def step(carry, s):
     block, acc = carry
     upcoming = _ring_shift(block, axis_name, axis_size)  # independent of this step's tiles
-    offset = _block_offset(row_offset, s, axis_name, axis_size, layout.num_rows)
-    stats = _forward(pair_fn, kinds, layout, params, anchors, block[0], a_aux, block[1], offset)
+    offset = _block_offset(row_offset, s, axis_name, axis_size, num_rows)
+    stats = forward(params, anchors, block[0], a_aux, block[1], offset)
     acc = tuple(_merge_stat(k, a_, x) for k, a_, x in zip(kinds, acc, stats))
     return (upcoming, acc), None
 
   dtype = jnp.promote_types(anchors.dtype, jnp.float32)
-  init = tuple(jnp.full((layout.num_rows,), 0.0 if k == "sum" else -jnp.inf, dtype) for k in kinds)
+  init = tuple(jnp.full((num_rows,), 0.0 if k == "sum" else -jnp.inf, dtype) for k in kinds)
   init = jax.tree.map(functools.partial(_like_inputs, axes=axes), init)
   (_, stats), _ = jax.lax.scan(step, ((anchors, a_aux), init), jnp.arange(axis_size))
   return stats
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _ring(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux, row_offset):
-  return _ring_forward(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
+def _ring(forward, backward, kinds, num_rows, axis_name, axis_size, params, anchors, a_aux,
+          row_offset):
+  del backward
+  return _ring_forward(forward, kinds, num_rows, axis_name, axis_size, params, anchors, a_aux,
                        row_offset)
 
 
-def _ring_fwd(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux, row_offset):
-  stats = _ring_forward(pair_fn, kinds, layout, axis_name, axis_size, params, anchors, a_aux,
+def _ring_fwd(forward, backward, kinds, num_rows, axis_name, axis_size, params, anchors, a_aux,
+              row_offset):
+  del backward
+  stats = _ring_forward(forward, kinds, num_rows, axis_name, axis_size, params, anchors, a_aux,
                         row_offset)
   return stats, (params, anchors, a_aux, row_offset, stats)
 
 
-def _ring_bwd(pair_fn, kinds, layout, axis_name, axis_size, residuals, cotangents):
+def _ring_bwd(forward, backward, kinds, num_rows, axis_name, axis_size, residuals, cotangents):
   """Each column block travels once around the ring with the gradient accumulated for it; after
   ``P`` shifts it is back at its owner, holding every shard's contribution."""
+  del forward, kinds
   params, anchors, a_aux, row_offset, stats = residuals
   axes = _varying_axes(params, anchors, a_aux, row_offset, cotangents)
   like_inputs = functools.partial(_like_inputs, axes=axes)
 
   def step(carry, s):
     block, d_block, d_anchors = carry
-    offset = _block_offset(row_offset, s, axis_name, axis_size, layout.num_rows)
-    d_a, d_c = _backward(pair_fn, kinds, layout, params, anchors, block[0], a_aux, block[1],
-                         offset, stats, cotangents)
+    offset = _block_offset(row_offset, s, axis_name, axis_size, num_rows)
+    d_a, d_c = backward(params, anchors, block[0], a_aux, block[1], offset, stats, cotangents)
     upcoming = _ring_shift(block, axis_name, axis_size)
     d_block = _ring_shift(d_block + d_c, axis_name, axis_size)
     return (upcoming, d_block, d_anchors + d_a), None
@@ -448,6 +456,45 @@ def _ring_bwd(pair_fn, kinds, layout, axis_name, axis_size, residuals, cotangent
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
+
+
+def ring(forward, backward, kinds, params, anchors, anchor_aux, row_offset, axis_name: str):
+  """The ring schedule over ``axis_name`` for any per-block engine.
+
+  ``forward(params, anchors, columns, a_aux, c_aux, row_offset) -> stats`` and
+  ``backward(params, anchors, columns, a_aux, c_aux, row_offset, stats, cotangents) -> (d_anchors,
+  d_columns)`` evaluate one block of columns (``stats``: those of the anchors' whole rows); the
+  blockwise tiles (:func:`row_statistics`) or the Pallas kernels of ``pairwise.fused``.
+  """
+  axis_size = jax.lax.axis_size(axis_name)
+  return _ring(forward, backward, tuple(kinds), anchors.shape[0], axis_name, axis_size, params,
+               anchors, anchor_aux, jnp.asarray(row_offset, jnp.int32))
+
+
+def check_ring_columns(num_rows: int, num_cols: int, axis_name: str):
+  """impl='ring' streams the anchors of every shard: ``columns`` must be their all-gather."""
+  axis_size = jax.lax.axis_size(axis_name)
+  if num_cols != num_rows * axis_size:
+    raise ValueError(f"impl='ring' needs the columns to be the anchors of all {axis_size} shards "
+                     f"of `{axis_name}` ({num_rows * axis_size} rows); got {num_cols} columns.")
+
+
+class DotPairFn:
+  """A pair function whose entries depend on the features only through the tile's dot products.
+
+  ``from_dot(params, s [r, k], a_aux, c_aux, is_self) -> tuple`` of ``[r, k]`` statistics entries,
+  with ``s = a c^T`` (``tile_dot`` with ``matmul_dtype``). Called as an ordinary pair function it
+  forms ``s`` and applies ``from_dot``; ``impl='fused'`` / ``'fused_ring'`` pass ``from_dot`` to the
+  Pallas kernel of ``pairwise.fused``, which forms ``s`` on chip (there ``params`` leaves are
+  ``[r, 1]`` columns, so ``from_dot`` must broadcast them like scalars).
+  """
+
+  def __init__(self, from_dot: Callable[..., Tuple[jax.Array, ...]], matmul_dtype=None):
+    self.from_dot = from_dot
+    self.matmul_dtype = matmul_dtype
+
+  def __call__(self, params, a, c, a_aux, c_aux, is_self):
+    return self.from_dot(params, tile_dot(a, c, self.matmul_dtype), a_aux, c_aux, is_self)
 
 
 def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: jax.Array,
@@ -469,11 +516,11 @@ def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: 
     row_offset: global column index of the first anchor (``is_self[i, j] = row_offset + i == j``).
     block: :class:`Blocking` (default :func:`blocking`: ``impl='auto'``, the backend's tiles).
     axis_name: the ``shard_map`` mesh axis the columns were all-gathered over; used (and needed)
-      by ``impl='ring'`` only, which then streams this shard's own block of columns, the anchors
+      by ``impl='ring'`` / ``'fused_ring'`` only, which then streams this shard's own block of columns, the anchors
       themselves (``columns`` must be ``all_gather(anchors)``, ``column_aux`` that of
       ``anchor_aux``, and ``row_offset`` the shard index times ``n``), around the ring of shards
       and never reads ``columns`` (XLA drops the unused all-gather). Without ``axis_name``,
-      ``'ring'`` is ``'blockwise'``.
+      ``'ring'`` is ``'blockwise'`` and ``'fused_ring'`` is ``'fused'``.
 
   Returns:
     One ``[n]`` array per statistic.
@@ -483,18 +530,23 @@ def row_statistics(pair_fn: PairFn, kinds: Sequence[str], params: Any, anchors: 
   block = block or blocking()
   num_rows, num_cols = anchors.shape[0], columns.shape[0]
   impl = resolve_impl(block.impl, num_rows, num_cols)
-  if impl == "fused":
-    raise ValueError(f"`impl`='fused' (a Pallas kernel) exists for {', '.join(FUSED_LOSSES)} only; "
-                     "use 'dense', 'blockwise', 'ring' or 'auto' for this loss.")
+  if impl in FUSED_IMPLS:
+    if not isinstance(pair_fn, DotPairFn):
+      raise ValueError(f"`impl`={impl!r} (the Pallas kernel of pairwise.fused) needs a pair function "
+                       "of the tile's dot products (a DotPairFn); this loss's pair entries are not "
+                       "one; use 'dense', 'blockwise', 'ring' or 'auto'.")
+    from contrastive_jax.pairwise import fused  # pylint: disable=import-outside-toplevel  (cycle)
+    return fused.row_statistics(pair_fn.from_dot, kinds, params, anchors, columns, anchor_aux,
+                                column_aux, row_offset, block=block,
+                                axis_name=axis_name if impl == "fused_ring" else None)
   row_offset = jnp.asarray(row_offset, jnp.int32)
   if impl == "ring" and axis_name is not None:
-    axis_size = jax.lax.axis_size(axis_name)
-    if num_cols != num_rows * axis_size:
-      raise ValueError(f"impl='ring' needs the columns to be the anchors of all {axis_size} shards "
-                       f"of `{axis_name}` ({num_rows * axis_size} rows); got {num_cols} columns.")
-    side = min(block.row_tile, num_rows), min(block.col_tile, num_rows)
-    return _ring(pair_fn, kinds, _Layout(*side, num_rows, num_rows), axis_name, axis_size, params,
-                 anchors, anchor_aux, row_offset)
+    check_ring_columns(num_rows, num_cols, axis_name)
+    layout = _Layout(min(block.row_tile, num_rows), min(block.col_tile, num_rows), num_rows,
+                     num_rows)
+    return ring(functools.partial(_forward, pair_fn, kinds, layout),
+                functools.partial(_backward, pair_fn, kinds, layout), kinds, params, anchors,
+                anchor_aux, row_offset, axis_name)
   if impl == "dense":
     rows = jnp.arange(num_rows, dtype=jnp.int32) + row_offset
     cols = jnp.arange(num_cols, dtype=jnp.int32)

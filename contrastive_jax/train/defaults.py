@@ -114,8 +114,8 @@ def run_config() -> ml_collections.ConfigDict:
   c.loss.contrastive = ml_collections.ConfigDict()
   # Execution of the pairwise losses that have one (the SupCon family and rnc; see
   # contrastive_jax/pairwise/blockwise.py): 'auto' | 'dense' | 'blockwise' | 'ring' (inside
-  # shard_map, ppermute instead of all_gather) | 'fused' (simclr, supcon, adacon: the Pallas kernel of
-  # contrastive_jax/pairwise/fused.py; not yet timed on a GPU), the blockwise tile (an int or (rows, cols); None:
+  # shard_map, ppermute instead of all_gather) | 'fused' / 'fused_ring' (the SupCon family: the Pallas
+  # kernel of contrastive_jax/pairwise/fused.py; not yet timed on a GPU), the blockwise tile (an int or (rows, cols); None:
   # the backend's default) and the similarity matmul's input dtype (None or 'bfloat16').
   c.loss.impl = "auto"
   c.loss.tile = placeholder(tuple)
