@@ -91,6 +91,7 @@ def get_config(variant: str = 'synthetic'):
     config.model.encoder_kwargs = {'features': (16, 32, 64), 'strides': (1, 2, 2)}
     config.model.in_channels = 1
     config.model.feature_dim = 64
+  config.model.dtype = 'float32'  # encoder compute dtype, 'float32' or 'bfloat16' (params float32)
   config.model.bn_train = True  # GUESS: BatchNorm in training mode during training
   # '' = random init; a torchvision ResNet-101 / DeepLab-v3 state dict (.pth / .safetensors; the
   # 'backbone.' prefix is stripped) for the encoder, or a previous run's workdir (see

@@ -69,6 +69,7 @@ def get_config(variant: str = 'sslacl') -> ml_collections.ConfigDict:
   # The 9 unshared branches are one nn.vmap; 'shifted_matmul' convs vmap to batched matmuls (fast
   # everywhere), 'xla' to a grouped lax.conv (cuDNN on GPU; very slow on CPU). Same parameters.
   c.model.branch_conv_impl = 'shifted_matmul'
+  c.model.dtype = 'float32'  # compute dtype, 'float32' or 'bfloat16' (parameters stay float32)
 
   c.optim = ml_collections.ConfigDict()
   # Thesis (Sec. 3.5.2.1): RMSProp, lr 1e-4, x0.95 per epoch, 50 epochs, early stop on validation;

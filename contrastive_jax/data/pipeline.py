@@ -21,16 +21,33 @@ float inputs (the bundled datasets) pass unchanged. ``train_batch(..., scale=Fal
 the same float32 values on the device (``train.step.unit_float``), bit for bit: a table lookup, as
 XLA compiles ``x / 255`` into a multiplication by ``1/255``, which rounds 126 of the 256 values
 differently.
+
+``train_batch(..., crop=HostCrop(...))`` (the trainer's ``data.crop_from='full'``) takes SimCLR's
+random-resized crop on the host, from the whole file, once per view: ``'x'`` is then
+``[b, views, *size, C]``. The boxes of row ``i`` at ``step`` come from
+``np.random.default_rng([seed, CROP_TAG, step, i])`` (``i`` its row of the split), so a batch is still
+a pure function of ``(seed, step)`` and a row's crops do not depend on the process layout.
+
+Cost (measured by ``benchmarks/input_pipeline.py`` on 390 x 400 JPEGs -> 224 x 224, this project's
+2-core CI machine, see docs/benchmarks.md): per image, one decode plus two crop+resizes against one
+decode plus one centre crop+resize; ~1.2x the host time per image of the default path on those files,
+and cheaper than it on files much larger than the output (``Image.draft`` decodes at 1/2..1/8 scale
+when every box allows it). The device then receives ``views`` images per row instead of one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
 
 from contrastive_jax.data.demo import Split
 from contrastive_jax.data.sources import base
+from contrastive_jax.data.sources import images
+
+CROP_TAG = 0xC20  # folded into the seed of the host crops' generators
+CROP_FROM = ('decoded', 'full')  # the trainer's `data.crop_from`
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -68,6 +85,45 @@ def take_rows(x, idx: np.ndarray, scale: bool = True) -> np.ndarray:
   return rows.astype(np.float32, copy=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class HostCrop:
+  """SimCLR's random-resized crop (App. A) taken on the host from the whole file, ``views`` times.
+
+  ``size``: ``(height, width)`` of every crop; ``scale`` / ``ratio``: the area fraction and aspect
+  ``w / h`` ranges of ``images.sample_box``; ``draft``: JPEG reduced-scale decoding
+  (``images.random_crops``).
+  """
+  size: tuple
+  views: int = 2
+  scale: tuple = (0.08, 1.0)
+  ratio: tuple = (3 / 4, 4 / 3)
+  draft: bool = True
+
+  def __post_init__(self):
+    object.__setattr__(self, 'size', images.check_size(self.size))
+    _check_positive_int('views', self.views)
+    lo, hi = (float(v) for v in self.scale)
+    r0, r1 = (float(v) for v in self.ratio)
+    if not (0 < lo <= hi <= 1 and 0 < r0 <= r1):
+      raise ValueError(f'HostCrop needs 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], '
+                       f'got scale={self.scale!r}, ratio={self.ratio!r}.')
+
+  def rows(self, x, idx: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """uint8 ``[len(idx), views, *size, C]``: the crops of the rows ``idx`` of the lazy file array
+    ``x`` at ``step`` (row ``i``'s boxes from ``default_rng([seed, CROP_TAG, step, i])``)."""
+    if not isinstance(x, base.LazyArray):
+      raise ValueError('crop_from=\'full\' crops the image files themselves: the training split must be '
+                       f'a lazy file array (an image source such as csv_images), got {type(x).__name__}.')
+    channels = x.item_shape[-1] if len(x.item_shape) == 3 else None
+
+    def crop(path, row):
+      rng = np.random.default_rng([int(seed), CROP_TAG, int(step), int(row)])
+      return images.random_crops(path, rng, self.size, self.views, self.scale, self.ratio,
+                                 channels, self.draft)
+
+    return np.stack(x.map_files(idx, crop))
+
+
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Number of full batches in one epoch (the incomplete last batch is dropped).
 
@@ -87,7 +143,7 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
                 process_index: int = 0, process_count: int = 1,
-                scale: bool = True) -> dict[str, np.ndarray]:
+                scale: bool = True, crop: HostCrop | None = None) -> dict[str, np.ndarray]:
   """The training batch at ``step``: a pure function of ``(seed, step)``.
 
   Args:
@@ -98,6 +154,8 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
     process_index: this process (``jax.process_index()``).
     process_count: number of processes (``jax.process_count()``).
     scale: False keeps a uint8 ``'x'`` as uint8 (see :func:`take_rows`).
+    crop: None, or :class:`HostCrop`: ``'x'`` holds its random crops of each row's whole file,
+      ``[b, views, *crop.size, C]`` (module docstring).
 
   Returns:
     ``{'x': float32 [b, ...], 'y': float32 [b]}`` with ``b = global_batch_size // process_count``
@@ -113,7 +171,12 @@ def train_batch(split: Split, global_batch_size: int, seed: int, step: int, *,
   epoch, within = divmod(int(step), spe)
   perm = np.random.default_rng([int(seed), epoch]).permutation(num)
   idx = perm[within * global_batch_size:(within + 1) * global_batch_size][local]
-  return {'x': take_rows(split.x, idx, scale), 'y': np.asarray(split.y[idx], np.float32)}
+  if crop is None:
+    x = take_rows(split.x, idx, scale)
+  else:
+    x = crop.rows(split.x, idx, seed, step)
+    x = x if not scale else x.astype(np.float32) / np.float32(255.0)
+  return {'x': x, 'y': np.asarray(split.y[idx], np.float32)}
 
 
 def eval_batches(split: Split, global_batch_size: int, *, process_index: int = 0,

@@ -74,6 +74,15 @@ def _to_plain(value: Any) -> Any:
   return value
 
 
+def model_dtype(model_config: Any) -> Any:
+  """The compute dtype of ``config.model.dtype`` ('float32' (default) or 'bfloat16'; parameters and
+  BatchNorm statistics stay float32) for every task's builder."""
+  name = _get(model_config, 'dtype', None) or 'float32'
+  if name not in _DTYPES:
+    raise ValueError(f'Unknown model.dtype={name!r}; expected one of {sorted(_DTYPES)}.')
+  return _DTYPES[name]
+
+
 def build_regressor(model_config: Any, axis_name: str | None = None,
                     input_normalization: tuple | None = None) -> ContrastiveRegressor:
   """Builds a ContrastiveRegressor from ``config.model``-style fields (``MODELS['regression']``).
@@ -93,13 +102,9 @@ def build_regressor(model_config: Any, axis_name: str | None = None,
   if name not in ENCODERS:
     raise ValueError(f'Unknown model.encoder={name!r}; '
                      f'known encoders: {sorted(ENCODERS)}.')
-  dtype_name = _get(model_config, 'dtype', None) or 'float32'
-  if dtype_name not in _DTYPES:
-    raise ValueError(f'Unknown model.dtype={dtype_name!r}; '
-                     f'expected one of {sorted(_DTYPES)}.')
   kwargs = _to_plain(_get(model_config, 'encoder_kwargs', None) or {})
   encoder = ENCODERS[name](
-      **kwargs, bn_axis_name=axis_name, dtype=_DTYPES[dtype_name])
+      **kwargs, bn_axis_name=axis_name, dtype=model_dtype(model_config))
   return ContrastiveRegressor(
       encoder=encoder,
       proj_hidden_dim=_get(model_config, 'proj_hidden_dim', None),

@@ -64,6 +64,12 @@ def run_config() -> ml_collections.ConfigDict:
   # (thesis Sec. 4.5.2.1); 'different' = each view its own random slice (train.loop.slice_pairs).
   c.data.slice_pairs = "same"
   c.data.root = placeholder(str)   # data folder of a file source, passed as `root=` when set
+  # Where the 'simclr' augmentation's random-resized crop is taken from: 'decoded' (on the device,
+  # from the source's fixed-size image, e.g. csv_images' centre crop at image_size) or 'full' (on the
+  # host, from the whole file, one crop per view, SimCLR's ImageNet recipe; data.pipeline.HostCrop:
+  # data.augment.scale / ratio / size then steer the host crop, the device skips its crop; image
+  # file sources only). Cost: data.pipeline's docstring and docs/benchmarks.md.
+  c.data.crop_from = "decoded"
   # Training batches built ahead of the step by a background thread, each already on the devices
   # (train.run, data.prefetch); 0: built in the loop. Not part of the run's identity.
   c.data.prefetch = 2

@@ -31,6 +31,8 @@ from contrastive_jax import data as data_lib
 from contrastive_jax import models
 from contrastive_jax.data import video as video_lib
 from contrastive_jax.data import normalization
+from contrastive_jax.data.pipeline import CROP_FROM
+from contrastive_jax.data.pipeline import HostCrop
 from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
 from contrastive_jax.evaluate import shot_metrics
@@ -336,12 +338,17 @@ def limit_training_data(dataset, fraction, seed: int):
 
 def make_augment_fn(config: ml_collections.ConfigDict, kind: str) -> Callable:
   """The training augmentation ``fn(key, x)``: the pipeline ``data.augment_kind`` (default: that of
-  the dataset's ``kind``, :data:`DEFAULT_AUGMENT`) with the options ``data.augment``."""
+  the dataset's ``kind``, :data:`DEFAULT_AUGMENT`) with the options ``data.augment``. With
+  ``data.crop_from='full'`` the host takes the random-resized crop (:func:`host_crop`), so the
+  device's crop is the identity (``scale`` and ``ratio`` (1, 1): the whole view at its size)."""
   name = config.data.get("augment_kind") or DEFAULT_AUGMENT.get(kind)
   if name is None:
     raise ValueError(f"Data of kind {kind!r} has no default augmentation; set "
                      "`data.augment_kind` (see contrastive_jax.data.augment.get_augment_fn).")
-  augment = data_lib.get_augment_fn(name, **config.data.augment)
+  options = dict(config.data.augment)
+  if _crop_from(config) == "full":
+    options.update(scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  augment = data_lib.get_augment_fn(name, **options)
   return random_slice(augment) if slice_pairs(config, kind) == "different" else augment
 
 
@@ -373,6 +380,32 @@ def select_slice(key, x):
   """Volumes ``[b, S, H, W, C] -> [b, H, W, C]``: one slice of each scan, uniformly at random."""
   index = jax.random.randint(key, (x.shape[0],), 0, x.shape[1])
   return x[jnp.arange(x.shape[0]), index]
+
+
+def _crop_from(config) -> str:
+  crop_from = config.data.get("crop_from", "decoded")
+  if crop_from not in CROP_FROM:
+    raise ValueError(f"Unknown `data.crop_from`={crop_from!r}; expected one of {CROP_FROM}.")
+  return crop_from
+
+
+def host_crop(config: ml_collections.ConfigDict, dataset) -> Optional[HostCrop]:
+  """The host's random-resized crop of ``data.crop_from='full'`` (None for 'decoded'): SimCLR's
+  crop of the whole file, ``data.views`` per sample, with the 'simclr' options ``scale``, ``ratio``
+  and ``size`` (default: the source's image size, which evaluation keeps)."""
+  if _crop_from(config) == "decoded":
+    return None
+  name = config.data.get("augment_kind") or DEFAULT_AUGMENT.get(dataset.kind)
+  if name != "simclr":
+    raise ValueError(f"`data.crop_from`='full' moves the 'simclr' augmentation's random-resized crop "
+                     f"to the host; the augmentation here is {name!r}.")
+  if dataset.kind != "image" or not isinstance(dataset.train.x, data_lib.LazyArray):
+    raise ValueError(f"`data.crop_from`='full' crops image files: the data set {dataset.name!r} "
+                     f"(kind {dataset.kind!r}) is not read from image files.")
+  options = config.data.augment
+  size = options.get("size") or tuple(dataset.train.x.shape[1:3])
+  return HostCrop(size, views=int(config.data.views), scale=tuple(options.get("scale", (0.08, 1.0))),
+                  ratio=tuple(options.get("ratio", (3 / 4, 4 / 3))))
 
 
 def model_input_normalization(config: ml_collections.ConfigDict, dataset):
@@ -449,6 +482,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
   augment_fn = make_augment_fn(config, dataset.kind)
   select_fn = make_select_fn(config, dataset.kind)
+  crop = host_crop(config, dataset)
   preprocess = {"video": video_eval_preprocess(config) if dataset.kind == "video" else None,
                 "volume": middle_slice}.get(dataset.kind)
   init_from = config.model.get("init_from", "") or ""
@@ -477,7 +511,8 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   def host_batch(step: int) -> dict:
     host = data_lib.train_batch(dataset.train, config.batch_size, config.seed, step,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count(), scale=False)  # uint8 stays
+                                process_count=jax.process_count(), scale=False,  # uint8 stays
+                                crop=crop)
     host["y_norm"] = ((host["y"] - mean) / std).astype(np.float32)
     if example_weights is not None:
       host["weight"] = example_weights(host["y"])

@@ -56,7 +56,8 @@ ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (No
                 "eval.shots": ({"bin_width": 1.0, "many": 100, "few": 20, "top": None},),
                 # Read for MR volumes only; the one volume config (configs/bcl.py:mrnet) changed
                 # identity with it (its Ch. 4 projector), so no earlier volume run resumes into it.
-                "data.slice_pairs": ("same",)}
+                "data.slice_pairs": ("same",), "data.crop_from": ("decoded",),
+                "model.dtype": ("float32",)}
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.
@@ -141,7 +142,14 @@ def config_identity(config, run_control=RUN_CONTROL_FIELDS) -> dict:
   Left out: the ``run_control`` fields, the :data:`NON_IDENTITY_FIELDS`, and the
   :data:`ADDED_FIELDS` while they hold their earlier-runs value.
   """
-  cfg = json.loads(json.dumps(config.to_dict()))
+  return _strip_identity(json.loads(json.dumps(config.to_dict())), run_control)
+
+
+def _strip_identity(cfg: dict, run_control=RUN_CONTROL_FIELDS) -> dict:
+  """:func:`config_identity` of a config's JSON form (also applied to a checkpoint's stored
+  identity, so a field that entered :data:`ADDED_FIELDS` later, e.g. ``model.dtype``, which some
+  runs stored, compares equal while it holds its earlier-runs value)."""
+  cfg = json.loads(json.dumps(cfg))
   for path in NON_IDENTITY_FIELDS + tuple(ADDED_FIELDS):
     section, _, name = path.rpartition(".")
     fields = cfg.get(section) if section else cfg
@@ -167,7 +175,7 @@ def refuse_changed_config(directory: str, saved: dict, current: dict, resume: st
   Raises:
     ValueError: naming every changed field, unless ``resume`` is 'force'.
   """
-  differences = config_differences(saved, current)
+  differences = config_differences(_strip_identity(saved, ()), current)
   if differences and resume != "force":
     raise ValueError(
         f"The checkpoint in {directory} was written with a different config:\n  "

@@ -62,6 +62,16 @@ def augment_views(key, x, num_views: int, augment_fn: Callable,
   return jax.vmap(one)(keys, x)
 
 
+def augment_given_views(key, x, augment_fn: Callable) -> jax.Array:
+  """``[b, V, ...]`` views cut on the host (``data.pipeline.HostCrop``) -> each augmented alone:
+  view ``v`` of sample ``i`` with ``split(sample key i, V)[v]``, the keys :func:`augment_views` gives
+  view ``v`` of a sample."""
+  keys = sample_keys(key, x.shape[0])
+  one_view = lambda k, xv: augment_fn(k, xv[None])[0]
+  one = lambda k, xi: jax.vmap(one_view)(jax.random.split(k, xi.shape[0]), xi)
+  return jax.vmap(one)(keys, x)
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves))
@@ -182,6 +192,7 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   method = config.method
   objectives.check_method(method)
   views = int(config.data.views)
+  host_views = config.data.get("crop_from", "decoded") == "full"  # x: [b, views, ...] (HostCrop)
   loss_cfg = config.loss
   loss_kwargs = {**objectives.loss_kwargs(method, loss_cfg), **(prepared or {})}
   feature_key = loss_cfg.get("features", "projection")
@@ -204,7 +215,13 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
     # dropout ignore it, and the augmentation / loss keys are those of runs before it existed.
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, DROPOUT_TAG),
                                      jax.lax.axis_index(AXIS))
-    x = augment_views(aug_key, unit_float(batch["x"]), views, augment_fn, select_fn)
+    if host_views:
+      if batch["x"].shape[1] != views:
+        raise ValueError(f"crop_from='full': the batch holds {batch['x'].shape[1]} views per "
+                         f"sample, `data.views`={views}.")
+      x = augment_given_views(aug_key, unit_float(batch["x"]), augment_fn)
+    else:
+      x = augment_views(aug_key, unit_float(batch["x"]), views, augment_fn, select_fn)
     b = x.shape[0]
     flat = x.reshape((b * views,) + x.shape[2:])
     if micro_batch is not None and (b * views) % micro_batch:

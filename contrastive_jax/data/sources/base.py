@@ -277,6 +277,24 @@ class LazyArray:
         out[row] = self._decode(i)
     return out
 
+  def map_files(self, positions, fn: Callable[[Any, int], Any]) -> list:
+    """``[fn(path of row p, p) for p in positions]`` for an array made by :meth:`from_files`.
+
+    Runs in this array's decode threads (as indexing does); errors name the file. For decodings that
+    need more than the path, e.g. ``pipeline.HostCrop``'s random crops keyed by the row.
+
+    Raises:
+      TypeError: the array was not made by :meth:`from_files`.
+    """
+    if not isinstance(self._load, _FileLoader):
+      raise TypeError('map_files needs a LazyArray made by LazyArray.from_files (one file per row).')
+    rows = [(self._base_index(int(p)), int(p)) for p in _as_index_array(positions, len(self))]
+    paths = self._load.paths
+    one = lambda row: self._call(lambda i: fn(paths[i], row[1]), row[0])
+    if self._workers > 1 and len(rows) > 1:
+      return list(self._pool.map(one, rows))
+    return [one(row) for row in rows]
+
   # -- views ---------------------------------------------------------------------------------------
 
   def subset(self, idx) -> 'LazyArray':

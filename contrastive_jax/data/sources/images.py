@@ -14,6 +14,13 @@ happens on device (``contrastive_jax.data.augment``).
   luma weights 0.299 / 0.587 / 0.114), then a centre crop to the target aspect ratio
   (``resize='crop'``, default) or none (``'stretch'``), then a bilinear (anti-aliased) resize. AdaCon
   resizes its square femur crops to 128 x 128 (Sec. IV-A); DIR benchmarks use 224 x 224.
+* ``random_crops`` (``ImageDecoder.random_crops``): SimCLR's random-resized crop (Chen et al. 2020,
+  App. A; torchvision's ``RandomResizedCrop``) taken from the *whole* file, several views from one
+  decode, for ImageNet-style sets (``data.crop_from='full'``, see ``data.pipeline.HostCrop``). The
+  boxes come from a numpy generator the caller seeds (a pure function of seed, step and row); a
+  JPEG is decoded at the smallest libjpeg scale (``Image.draft``: 1/2, 1/4, 1/8) that keeps every
+  box at least at the output size, and each box is cropped and resized in one PIL call
+  (``Image.resize(box=...)``, bilinear, anti-aliased).
 
 Errors name the file: a missing file raises ``FileNotFoundError``, anything undecodable a
 ``ValueError``. ``check_image_file`` is the cheaper load-time check of a file's header and
@@ -200,6 +207,89 @@ def fit_image(image: np.ndarray, size: Sequence[int] | None, channels: int | Non
   resized = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., 0] if grey else image))
                        .resize((width, height), Image.BILINEAR))
   return resized[..., None] if grey else resized
+
+
+def sample_box(rng: np.random.Generator, height: int, width: int, scale=(0.08, 1.0),
+               ratio=(3 / 4, 4 / 3), attempts: int = 10) -> tuple[int, int, int, int]:
+  """``(top, left, h, w)`` of a random resized crop of a ``height x width`` image, from ``rng``.
+
+  torchvision's ``RandomResizedCrop.get_params`` (as ``transforms.sample_crop_box`` on device): up
+  to ``attempts`` draws of an area fraction ``~U(scale)`` and a log-uniform aspect ratio ``w / h``
+  in ``ratio``; the first box that fits is placed uniformly; if none fits, the central crop with
+  the aspect ratio clamped to ``ratio``. A fixed number of draws per box, so the generator's state
+  after a box does not depend on the image size.
+  """
+  area = height * width * rng.uniform(scale[0], scale[1], attempts)
+  aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), attempts))
+  place = rng.uniform(size=(attempts, 2))
+  ws, hs = np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
+  for w, h, (u, v) in zip(ws, hs, place):
+    if 0 < w <= width and 0 < h <= height:
+      h, w = int(h), int(w)
+      return (min(int(u * (height - h + 1)), height - h), min(int(v * (width - w + 1)), width - w),
+              h, w)
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    w, h = int(round(height * ratio[1])), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _open_for_crops(path: str, channels: int | None):
+  """A PIL image of ``path`` not yet decoded (a Pillow file) or an already decoded array image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if os.path.splitext(path)[1].lower() in PIL_SUFFIXES:
+    return Image.open(path)
+  image = fit_image(to_uint8(read_image(path), path), None, channels, name=path)
+  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def random_crops(path, rng: np.random.Generator, size: Sequence[int], views: int = 2,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), channels: int | None = 3,
+                 draft: bool = True) -> np.ndarray:
+  """uint8 ``[views, *size, C]``: ``views`` random resized crops of the whole image ``path``.
+
+  The boxes (:func:`sample_box`, in the file's full-resolution pixels, drawn before decoding) depend
+  on ``rng`` and the image size only. With ``draft`` a JPEG is decoded by libjpeg at the smallest
+  scale 1/s (s in 1, 2, 4, 8) at which every box still spans at least ``size`` pixels; the boxes are
+  then mapped to the reduced image (the same region of the photo, to within a source pixel).
+  ``channels``: 3 (RGB; grey files repeated), 1 (luma, ITU-R 601) or None (as stored).
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist. ValueError: it cannot be decoded (both name it).
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = base.require_file(os.fspath(path), 'image file')
+  out_h, out_w = check_size(size)
+  try:
+    image = _open_for_crops(path, channels)
+    with image:
+      width, height = image.size
+      boxes = [sample_box(rng, height, width, scale, ratio) for _ in range(int(views))]
+      if draft and image.format == 'JPEG':
+        factor = min(min(h / out_h, w / out_w) for _, _, h, w in boxes)
+        if factor >= 2:
+          image.draft(image.mode, (int(np.ceil(width / factor)), int(np.ceil(height / factor))))
+      image.load()
+      if image.mode.startswith('I') or image.mode == 'F':  # 16/32-bit grey: to_uint8's scaling
+        image = Image.fromarray(to_uint8(np.asarray(image), path))
+      elif image.mode not in ('RGB', 'L'):
+        image = image.convert('L' if image.mode in ('LA', '1') else 'RGB')
+      if channels == 3 and image.mode != 'RGB':
+        image = image.convert('RGB')
+      elif channels == 1 and image.mode != 'L':
+        image = image.convert('L')
+      sy, sx = image.size[1] / height, image.size[0] / width
+      crops = [np.asarray(image.resize((out_w, out_h), Image.BILINEAR,
+                                       box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy)))
+               for top, left, h, w in boxes]
+  except Exception as exc:  # pylint: disable=broad-except  # Pillow / pydicom raise many types.
+    raise base.decode_error(path, exc) from exc
+  out = np.stack(crops)
+  return out[..., None] if out.ndim == 3 else out
 
 
 def check_size(size) -> tuple[int, int] | None:

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from contrastive_jax import models
+
 Threshold = Union[float, str]
 NORM_EPS = 1e-4  # ``safe_norm`` floor of the author's code.
 GLOBAL_EPS = 1e-5  # Denominator guard of the global masked-average prototype.
@@ -113,10 +115,11 @@ class CoWPro(nn.Module):
 def build(model_cfg, axis_name: Optional[str] = None) -> CoWPro:
   """The CoWPro net of ``config.model`` (``models.build_model(..., task='cowpro')``): fields
   ``encoder`` and ``encoder_kwargs`` (:func:`build_encoder`), ``feature_dim``, ``in_channels``;
-  ``axis_name``: the mesh axis its BatchNorm statistics are synchronised over in training (inside
-  ``shard_map``)."""
+  ``dtype`` (the encoder's compute dtype, ``models.model_dtype``); ``axis_name``: the mesh axis its
+  BatchNorm statistics are synchronised over in training (inside ``shard_map``)."""
   encoder = build_encoder(model_cfg.encoder, bn_axis_name=axis_name,
-                          **model_cfg.get('encoder_kwargs', {}))
+                          **{'dtype': models.model_dtype(model_cfg),
+                             **model_cfg.get('encoder_kwargs', {})})
   return CoWPro(encoder=encoder, feature_dim=model_cfg.get('feature_dim'),
                 in_channels=int(model_cfg.get('in_channels', 1)))
 

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from contrastive_jax import models
 from contrastive_jax.projects.jigsaw.data import divide_slices_index
 from contrastive_jax.projects.jigsaw.data import NUM_PATCHES
 
@@ -536,7 +537,8 @@ def make_pretext_model(arch: str, num_classes: int, *, variant: str = 'v3', widt
 def build(model_cfg, axis_name: Optional[str] = None, *, num_classes: int) -> nn.Module:
   """The pretext net of ``config.model`` (``models.build_model(..., task='jigsaw')``): fields
   ``arch``, ``variant``, ``width_factor``, ``use_bn``, ``skip_scale``, ``no_blocks``,
-  ``kernel_init``, ``branch_conv_impl`` of :func:`make_pretext_model`; ``num_classes``: the ``C``
+  ``kernel_init``, ``branch_conv_impl`` of :func:`make_pretext_model`, ``dtype`` (compute dtype,
+  ``models.model_dtype``); ``num_classes``: the ``C``
   permutation classes (``config.jigsaw.num_classes``); ``axis_name`` see :func:`make_pretext_model`."""
   return make_pretext_model(
       model_cfg.arch, num_classes, variant=model_cfg.get('variant', 'v3'),
@@ -545,7 +547,8 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_classes: int) -> nn
       skip_scale=float(model_cfg.get('skip_scale', 0.25)),
       no_blocks=bool(model_cfg.get('no_blocks', False)),
       kernel_init=model_cfg.get('kernel_init', 'he_normal'),
-      branch_conv_impl=model_cfg.get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name)
+      branch_conv_impl=model_cfg.get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name,
+      dtype=models.model_dtype(model_cfg))
 
 
 def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
