@@ -22,13 +22,17 @@ each once (page cache warm), and times every pipeline delivering batches of ``--
   ``--torch-workers`` (skipped, with a note, when torch is not importable).
 * ``PIL decode alone`` (one thread: the floor of any pipeline that decodes every file in full) and
   ``decode + fit_image`` (one thread: the per-image cost of the transform itself).
+* ``--crop-costs``: CPU ms per image (one thread) of the decode paths on JPEGs of the sizes given:
+  the default decoder, the same with ``draft=True``, and the full-image crop of two views with and
+  without ``Image.draft`` (the cost of ``data.crop_from='full'``).
 
 The same-output check: every pipeline's batch is uint8 ``[batch, size, size, 3]``, and grain's
 batch of the rows ``0 .. batch-1`` is the project's, pixel for pixel. Each row is the median of
 ``--reps`` timed runs of ``--steps`` batches after four warm-up batches (thread pools, worker
-processes, read-ahead buffers). ``img/s/core`` divides by the cores the pipeline can use, ``min(max(workers, 1),
-cpu_count)`` (the prefetcher's producer thread counts as none: it waits for the decode threads).
-Prints a markdown table and writes ``--json``.
+processes, read-ahead buffers). ``img/s`` is wall-clock; ``img/s/core`` is images per CPU-second
+the pipeline consumed (user + system time of this process and its worker processes, by psutil),
+i.e. the rate of one fully used core: unlike img/s it hardly moves when other jobs share the
+machine. Prints a markdown table and writes ``--json``.
 """
 
 from __future__ import annotations
@@ -85,20 +89,40 @@ def write_csv(folder: str, paths: list[str]) -> str:
 WARMUP = 4  # batches consumed before timing: >= any pipeline's read-ahead (grain's 2 x batch)
 
 
-def time_batches(next_batch, steps: int, reps: int) -> tuple[float, object]:
-  """Median seconds of ``steps`` calls ``next_batch(i)``, and a batch. The first ``WARMUP`` calls
-  (pools, worker processes, read-ahead buffers) are not timed; the reps follow each other without a
-  pause, so no buffer refills between them: each window measures the steady rate."""
+def cpu_seconds() -> float:
+  """CPU time (user + system) of this process and its live child processes (grain's / torch's
+  workers); without psutil, this process and its reaped children only."""
+  try:
+    import psutil  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+  me = psutil.Process()
+  total = time.process_time()  # this process, all threads, in ns (psutil's ticks are 10 ms)
+  for child in me.children(recursive=True):
+    try:
+      total += sum(child.cpu_times()[:2])
+    except psutil.Error:
+      pass
+  return total
+
+
+def time_batches(next_batch, steps: int, reps: int) -> tuple[float, float, object]:
+  """Median wall seconds and median CPU seconds of ``steps`` calls ``next_batch(i)``, and a batch.
+  The first ``WARMUP`` calls (pools, worker processes, read-ahead buffers) are not timed; the reps
+  follow each other without a pause, so no buffer refills between them: each window measures the
+  steady rate."""
   first = next_batch(0)
   for i in range(1, WARMUP):
     next_batch(i)
-  times = []
+  times, cpus = [], []
   for r in range(reps):
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     for i in range(steps):
       next_batch(WARMUP + r * steps + i)
     times.append(time.perf_counter() - start)
-  return statistics.median(times), first
+    cpus.append(cpu_seconds() - cpu)
+  return statistics.median(times), statistics.median(cpus), first
 
 
 def project_rows(csv_path, args, size, workers, prefetch: bool):
@@ -167,13 +191,12 @@ def torch_loader(paths, decoder, batch, workers):
                                      persistent_workers=workers > 0)
 
 
-def one_thread(paths, fn, count):
-  def run(_):
-    for p in paths[:count]:
-      fn(p)
-  start = time.perf_counter()
-  run(0)
-  return time.perf_counter() - start
+def one_thread(paths, fn, count) -> tuple[float, float]:
+  """Wall and CPU seconds of ``fn`` over the first ``count`` files, in this thread."""
+  cpu, start = cpu_seconds(), time.perf_counter()
+  for p in paths[:count]:
+    fn(p)
+  return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def pil_decode(path):
@@ -181,6 +204,45 @@ def pil_decode(path):
   with Image.open(path) as image:
     image.load()
     return image
+
+
+def crop_costs(folder: str, hws, num: int, size: int, reps: int) -> list[dict]:
+  """CPU ms per image, one thread, of the decode paths on JPEGs of each ``(height, width)`` in
+  ``hws``: the default decoder (centre crop + resize), with ``draft=True``, and the full-image
+  random-resized crop of two views (``images.random_crops``) with and without ``Image.draft``.
+  Files larger than the sample photos are upscaled crops (bicubic)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  def per_image(fn, paths):
+    runs = []
+    for _ in range(reps):
+      start = time.process_time()
+      for i, p in enumerate(paths):
+        fn(p, i)
+      runs.append((time.process_time() - start) / len(paths))
+    return 1e3 * statistics.median(runs)
+
+  out = []
+  for hw in hws:
+    sub = os.path.join(folder, f"cost{hw[0]}x{hw[1]}")
+    os.makedirs(sub, exist_ok=True)
+    paths = write_jpegs(sub, num, (min(hw[0], 390), min(hw[1], 400)), seed=1)
+    if tuple(hw) != (min(hw[0], 390), min(hw[1], 400)):
+      for p in paths:
+        Image.open(p).resize(tuple(hw[::-1]), Image.BICUBIC).save(p, quality=90)
+    for p in paths:  # page cache warm
+      images.ImageDecoder(size, 3)(p)
+    rng = lambda i: np.random.default_rng([0, i])
+    plain, drafted = images.ImageDecoder(size, 3), images.ImageDecoder(size, 3, draft=True)
+    out.append({
+        "image_hw": list(hw),
+        "decoded_ms": per_image(lambda p, i: plain(p), paths),
+        "decoded_draft_ms": per_image(lambda p, i: drafted(p), paths),
+        "full_crop_2_views_ms": per_image(lambda p, i: images.random_crops(p, rng(i), size, 2),
+                                          paths),
+        "full_crop_2_views_no_draft_ms": per_image(
+            lambda p, i: images.random_crops(p, rng(i), size, 2, draft=False), paths)})
+  return out
 
 
 def main(argv=None):
@@ -197,21 +259,26 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="16 tiny images, batch 4, size 32, one rep (a smoke test)")
   parser.add_argument("--dir", default=None, help="folder for the JPEGs (default: a temp dir)")
+  parser.add_argument("--crop-costs", default="390x400,1200x1600",
+                      help="HxW,... of JPEGs for the per-image CPU cost of the decode paths "
+                           "('' skips it)")
+  parser.add_argument("--crop-cost-images", type=int, default=64)
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   if args.quick:
     args.num_images, args.image_hw, args.batch, args.size = 16, "48,40", 4, 32
     args.steps, args.reps, args.workers = 2, 1, "1,2"
+    args.crop_costs, args.crop_cost_images = "48x40,96x80", 4
   hw = tuple(int(v) for v in args.image_hw.split(","))
   cores = os.cpu_count() or 1
   rows, notes = [], []
 
-  def add(name, workers, seconds, images_per_batch=None, status="ok", batch=None):
-    n = args.steps * (images_per_batch or args.batch)
-    ips = n / seconds if seconds else None
-    used = min(max(workers, 1), cores)
-    rows.append({"pipeline": name, "workers": workers, "status": status,
-                 "img_per_s": ips, "img_per_s_per_core": ips / used if ips else None,
+  def add(name, workers, timing):
+    seconds, cpu = timing[:2]
+    batch = timing[2] if len(timing) > 2 else None
+    n = args.steps * args.batch
+    rows.append({"pipeline": name, "workers": workers, "img_per_s": n / seconds,
+                 "img_per_cpu_s": n / cpu if cpu > 0 else None, "cpu_ms_per_img": 1e3 * cpu / n,
                  "shape": list(batch.shape) if batch is not None else None,
                  "dtype": str(batch.dtype) if batch is not None else None})
 
@@ -230,11 +297,11 @@ def main(argv=None):
 
     for w in (int(v) for v in args.workers.split(",")):
       for prefetch in (False, True):
-        seconds, batch = project_rows(csv_path, args, args.size, w, prefetch)
-        add("project" + (" + prefetch" if prefetch else ""), w, seconds, batch=batch)
+        add("project" + (" + prefetch" if prefetch else ""), w,
+            project_rows(csv_path, args, args.size, w, prefetch))
     crop_workers = max(int(v) for v in args.workers.split(","))
-    seconds, batch = crop_row(csv_path, args, args.size, min(crop_workers, 2))
-    add("project full-image crop, 2 views", min(crop_workers, 2), seconds, batch=batch)
+    add("project full-image crop, 2 views", min(crop_workers, 2),
+        crop_row(csv_path, args, args.size, min(crop_workers, 2)))
 
     try:
       import grain  # pylint: disable=g-import-not-at-top,unused-import
@@ -250,13 +317,11 @@ def main(argv=None):
       if not np.array_equal(same, reference):
         raise AssertionError("grain's batch of rows 0..batch-1 differs from the project's.")
       for w in (int(v) for v in args.grain_workers.split(",")):
-        seconds, batch = iterator_rows(grain_loader(paths, decoder, args.batch, w), args)
-        add("grain DataLoader", w, seconds, batch=batch)
-        seconds, batch = iterator_rows(grain_map_dataset(paths, decoder, args.batch, w), args)
-        add("grain MapDataset", w, seconds, batch=batch)
-      seconds, batch = iterator_rows(grain_map_dataset(paths, decoder, args.batch, 0, threads=2),
-                                     args)
-      add("grain MapDataset, 2 read threads", 2, seconds, batch=batch)
+        add("grain DataLoader", w, iterator_rows(grain_loader(paths, decoder, args.batch, w), args))
+        add("grain MapDataset", w,
+            iterator_rows(grain_map_dataset(paths, decoder, args.batch, w), args))
+      add("grain MapDataset, 2 read threads", 2,
+          iterator_rows(grain_map_dataset(paths, decoder, args.batch, 0, threads=2), args))
 
     try:
       import torch  # pylint: disable=g-import-not-at-top,unused-import
@@ -266,14 +331,20 @@ def main(argv=None):
       notes.append("torch is not installed: the torch DataLoader rows are skipped.")
     if have_torch:
       for w in (int(v) for v in args.torch_workers.split(",")):
-        seconds, batch = iterator_rows(torch_loader(paths, decoder, args.batch, w), args)
-        add("torch DataLoader", w, seconds, batch=batch)
+        add("torch DataLoader", w, iterator_rows(torch_loader(paths, decoder, args.batch, w), args))
 
     count = min(len(paths), args.steps * args.batch)
-    floor = statistics.median(one_thread(paths, pil_decode, count) for _ in range(args.reps))
-    add("PIL decode alone, one thread", 1, floor * args.steps * args.batch / count)
-    transform = statistics.median(one_thread(paths, decoder, count) for _ in range(args.reps))
-    add("decode + fit_image, one thread", 1, transform * args.steps * args.batch / count)
+    for name, fn in (("PIL decode alone, one thread", pil_decode),
+                     ("decode + fit_image, one thread", decoder)):
+      runs = [one_thread(paths, fn, count) for _ in range(args.reps)]
+      scale = args.steps * args.batch / count
+      add(name, 1, (statistics.median(r[0] for r in runs) * scale,
+                    statistics.median(r[1] for r in runs) * scale))
+
+    costs = []
+    if args.crop_costs:
+      hws = [tuple(int(v) for v in hw.split("x")) for hw in args.crop_costs.split(",")]
+      costs = crop_costs(folder, hws, args.crop_cost_images, args.size, args.reps)
 
   for row in rows:
     if row["shape"] is None:
@@ -284,15 +355,24 @@ def main(argv=None):
                            f"{want} uint8.")
   print(f"{args.num_images} JPEGs {hw[0]}x{hw[1]} -> batch {args.batch} uint8 "
         f"{args.size}x{args.size}x3; {cores} cores; median of {args.reps} x {args.steps} batches\n")
-  print("| pipeline | workers | img/s | img/s/core |\n|---|---:|---:|---:|")
+  print("| pipeline | workers | img/s | img/s/core | CPU ms/img |\n|---|---:|---:|---:|---:|")
   for r in rows:
-    print(f"| {r['pipeline']} | {r['workers']} | {r['img_per_s']:,.0f} | "
-          f"{r['img_per_s_per_core']:,.0f} |")
+    per_core = f"{r['img_per_cpu_s']:,.0f}" if r["img_per_cpu_s"] else "-"
+    print(f"| {r['pipeline']} | {r['workers']} | {r['img_per_s']:,.0f} | {per_core} | "
+          f"{r['cpu_ms_per_img']:.2f} |")
+  if costs:
+    print(f"\nCPU ms per image, one thread -> {args.size}x{args.size}x3:\n\n| JPEG | decoded "
+          "(centre crop) | decoded, draft | full-image crop, 2 views | the same without draft |\n"
+          "|---|---:|---:|---:|---:|")
+    for c in costs:
+      print(f"| {c['image_hw'][0]}x{c['image_hw'][1]} | {c['decoded_ms']:.2f} | "
+            f"{c['decoded_draft_ms']:.2f} | {c['full_crop_2_views_ms']:.2f} | "
+            f"{c['full_crop_2_views_no_draft_ms']:.2f} |")
   for note in notes:
     print("note:", note)
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
-      json.dump({"rows": rows, "notes": notes, "cpu_count": cores, "args": vars(args),
+      json.dump({"rows": rows, "crop_costs": costs, "notes": notes, "cpu_count": cores, "args": vars(args),
                  "python": platform.python_version(), "machine": platform.machine(),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}, f, indent=1)
   return rows

@@ -76,6 +76,12 @@ def test_the_whole_box_is_the_stretch_resize_and_draft_keeps_the_region(tmp_path
   drafted = images.random_crops(path, rng(), 24, views=3, scale=(0.25, 1.0))
   assert full.shape == drafted.shape == (3, 24, 24, 3) and full.dtype == np.uint8
   assert np.abs(full.astype(int) - drafted.astype(int)).mean() < 4.0
+  # The default decoder's draft option: the same centre crop from a 1/8-scale decode; a file not
+  # twice the target is decoded in full (identical pixels).
+  exact, quick = images.ImageDecoder(24, 3)(path), images.ImageDecoder(24, 3, draft=True)(path)
+  assert quick.shape == exact.shape and np.abs(quick.astype(int) - exact.astype(int)).mean() < 4.0
+  np.testing.assert_array_equal(images.ImageDecoder(300, 3, draft=True)(path),
+                                images.ImageDecoder(300, 3)(path))
 
 
 def test_host_crops_are_a_pure_function_of_seed_step_and_row(jpeg_csv):

@@ -126,7 +126,8 @@ def resolve_paths(values: Sequence[str], root: str, *, check_files: bool = True)
 
 def image_dataset(name: str, paths: Sequence[str], labels: np.ndarray,
                   parts: Mapping[str, np.ndarray], *, image_size=None, channels=None,
-                  resize: str = 'crop', workers: int = 1, check_files: bool = True) -> Dataset:
+                  resize: str = 'crop', workers: int = 1, check_files: bool = True,
+                  draft: bool = False) -> Dataset:
   """A lazy uint8 image ``Dataset`` over ``paths``; the item shape comes from the size or file 0.
 
   With ``image_size`` and ``channels`` both given nothing is decoded here; otherwise the first
@@ -135,7 +136,7 @@ def image_dataset(name: str, paths: Sequence[str], labels: np.ndarray,
   PNG chunk CRCs, a 1/8-scale JPEG decode), so that a truncated val or test image fails before
   training, named with its split.
   """
-  decoder = images.ImageDecoder(image_size, channels, resize)
+  decoder = images.ImageDecoder(image_size, channels, resize, draft)
   if decoder.size is not None and channels is not None:
     item_shape = decoder.size + (channels,)
   else:
@@ -150,7 +151,7 @@ def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | N
                     label_column: str = 'label', split_column: str = 'split',
                     fold_column: str = 'fold', group_column: str | None = None,
                     image_size=None, channels: int | None = None, resize: str = 'crop',
-                    check_files: bool = True, workers: int = 1,
+                    check_files: bool = True, workers: int = 1, draft: bool = False,
                     name: str | None = None) -> Dataset:
   """Loads an image regression dataset listed in a CSV file.
 
@@ -169,6 +170,8 @@ def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | N
       ones) and that it is a complete image (``images.check_image_file``; the first damaged file is
       named with its split). False skips both (the files are then only read when first used).
     workers: decoding threads per batch (``base.LazyArray``).
+    draft: decode JPEGs much larger than ``image_size`` at a reduced scale (``Image.draft``; off by
+      default, as it changes the pixels slightly; ``images.ImageDecoder``).
     name: dataset name; default the CSV's file name without suffix.
 
   Returns:
@@ -207,4 +210,4 @@ def load_csv_images(csv_path: str | os.PathLike, *, seed: int = 0, root: str | N
       raise ValueError(f'{csv_path}: the {part} split is empty.')
   name = name or os.path.splitext(os.path.basename(csv_path))[0]
   return image_dataset(name, paths, labels, parts, image_size=image_size, channels=channels,
-                       resize=resize, workers=workers, check_files=check_files)
+                       resize=resize, workers=workers, check_files=check_files, draft=draft)
