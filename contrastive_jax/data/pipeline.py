@@ -28,12 +28,13 @@ random-resized crop on the host, from the whole file, once per view: ``'x'`` is 
 ``np.random.default_rng([seed, CROP_TAG, step, i])`` (``i`` its row of the split), so a batch is still
 a pure function of ``(seed, step)`` and a row's crops do not depend on the process layout.
 
-Cost (CPU time per image, one thread, page cache warm, measured on this project's shared 2-core CI
-machine, 2026-12-03; docs/benchmarks.md): on 390 x 400 JPEGs -> 224 x 224 the full-image crop with
-two views costs what the default path does (2.04-2.09 ms against 2.06 ms: the second crop+resize is
-paid for by the smaller boxes, 8-100 % of the area); on 1200 x 1600 photos it costs 6.7 ms against
-22.0 ms (12.9 ms without ``Image.draft``, which decodes at 1/2..1/8 scale when every box allows it).
-The device then receives ``views`` images per row instead of one, and skips its own crop.
+Cost (CPU time per image, one thread, page cache warm; ``benchmarks/input_pipeline.py``, recorded
+in docs/benchmarks.md; this project's shared 2-core machine, where repeated runs differ by up to
+~30 %): on 390 x 400 JPEGs -> 224 x 224 the full-image crop of two views costs 2.1-2.2 ms against
+1.9 ms for the default path (the second crop+resize is mostly paid for by the smaller boxes, 8-100 %
+of the area); on 1200 x 1600 photos 7.1 ms against 15.0 ms (12.6 ms without ``Image.draft``, which
+decodes at 1/2..1/8 scale when every box allows it). The device then receives ``views`` images per
+row instead of one, and skips its own crop.
 """
 
 from __future__ import annotations

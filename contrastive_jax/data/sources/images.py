@@ -17,7 +17,7 @@ happens on device (``contrastive_jax.data.augment``).
 * ``ImageDecoder(draft=True)`` (off by default: it changes the pixels): a JPEG much larger than the
   target is decoded by libjpeg at the smallest scale 1/2, 1/4 or 1/8 at which the centre crop still
   spans at least ``size`` (``Image.draft``), then fitted as above. On 1200 x 1600 photos -> 224 x 224
-  it takes 4.3 ms of CPU per image instead of 22.0 ms (docs/benchmarks.md).
+  it took 4.2 ms of CPU per image instead of 15.0 ms (docs/benchmarks.md).
 * ``random_crops``: SimCLR's random-resized crop (Chen et al. 2020,
   App. A; torchvision's ``RandomResizedCrop``) taken from the *whole* file, several views from one
   decode, for ImageNet-style sets (``data.crop_from='full'``, see ``data.pipeline.HostCrop``). The
