@@ -106,6 +106,7 @@ def get_config(variant: str = "table3_3_skid") -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.init_from = ""            # the pretext run's workdir (see the module doc)
+  c.model.dtype = "float32"         # compute dtype, 'float32' or 'bfloat16' (parameters float32)
   if skid:
     c.model.arch = "skid"
     c.model.variant = "v3"          # Table 3.1

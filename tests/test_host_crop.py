@@ -190,6 +190,15 @@ def test_model_dtype_is_reachable_from_every_config():
   cowpro = importlib.import_module("configs.cowpro").get_config()
   cowpro.model.dtype = "bfloat16"
   assert models.build_model(cowpro.model, task="cowpro").encoder.dtype == jnp.bfloat16
+  mrnet = importlib.import_module("configs.mrnet")
+  for variant, arch in (("table3_3_skid", "skid"), ("table3_10_sslacl", "sslacl"),
+                        ("table4_4", "slice_max")):
+    config = mrnet.get_config(variant)
+    config.model.dtype = "bfloat16"
+    net = models.build_model(config.model, task="mrnet", num_outputs=1)
+    got = {"skid": lambda n: n.trunk["dtype"], "sslacl": lambda n: n.dtype,
+           "slice_max": lambda n: n.encoder.dtype}[arch](net)
+    assert config.model.arch == arch and got == jnp.bfloat16, (variant, got)
   with pytest.raises(ValueError, match="model.dtype"):
     cowpro.model.dtype = "float16"
     models.build_model(cowpro.model, task="cowpro")

@@ -382,6 +382,7 @@ class DivideAndTeachClassifier(nn.Module):
   classifier_bn: bool = False
   kernel_init: str = 'he_normal'
   branch_conv_impl: str = 'shifted_matmul'
+  dtype: Any = jnp.float32  # compute dtype of the convolutions; the FC head runs in float32
 
   @nn.compact
   def __call__(self, slices, train: bool = False):
@@ -393,21 +394,21 @@ class DivideAndTeachClassifier(nn.Module):
     grouped = slices[:, index]                       # [B, 9, n_max, H, W, c]
     grouped = jnp.swapaxes(grouped, 1, 2).reshape((b * n_max, NUM_PATCHES) + slices.shape[2:])
     feats = JigsawBranches(self.branch_features, use_bn=self.use_bn, kernel_init=self.kernel_init,
-                           conv_impl=self.branch_conv_impl,
+                           conv_impl=self.branch_conv_impl, dtype=self.dtype,
                            name='branches')(grouped, train and not self.freeze_branches)
     if self.freeze_branches:
       feats = jax.lax.stop_gradient(feats)
     h, w, c = feats.shape[2:]
     feats = jnp.swapaxes(feats.reshape(b, n_max, NUM_PATCHES, h, w, c), 1, 2)
     x = feats.reshape(b * NUM_PATCHES * n_max, h, w, c)
-    kw = dict(use_bn=self.classifier_bn, train=train, kernel_init=self.kernel_init)
+    kw = dict(use_bn=self.classifier_bn, train=train, kernel_init=self.kernel_init, dtype=self.dtype)
     for i, f in enumerate(self.conv_features):
       if f == 'max':
         x = _pool(x, 'max')
         continue
       x = ConvBN(f, 3, 1, name=f'cls{i}_conv0', **kw)(x)
       x = ConvBN(f, 3, 2, name=f'cls{i}_conv1', **kw)(x)
-    x = jnp.mean(x, axis=(1, 2)).reshape(b, NUM_PATCHES * n_max, -1)
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).reshape(b, NUM_PATCHES * n_max, -1)
     valid = jnp.asarray(mask.reshape(-1))[None, :, None]
     x = jnp.max(jnp.where(valid, x, -jnp.inf), axis=1)  # max over the real slices (MRNet)
     for i, f in enumerate(self.fc_features):

@@ -70,7 +70,8 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_outputs: int) -> nn
   ``use_bn``, ``kernel_init``, ``branch_conv_impl`` (as the pretext config, so the trunk fits its
   weights), ``lstm_features``, ``freeze``; 'sslacl': ``width_factor``, ``use_bn``, ``kernel_init``,
   ``branch_conv_impl``, ``conv_features`` (``'max'`` entries: a max-pool), ``fc_features``,
-  ``classifier_bn``, ``freeze``; 'slice_max': ``encoder``, ``encoder_kwargs``.
+  ``classifier_bn``, ``freeze``; 'slice_max': ``encoder``, ``encoder_kwargs``; all: ``dtype``
+  (compute dtype, ``models.model_dtype``).
   """
   arch = model_cfg.get('arch')
   get = model_cfg.get
@@ -84,7 +85,8 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_outputs: int) -> nn
     trunk = dict(widths, skip_scale=float(get('skip_scale', 0.25)),
                  no_blocks=bool(get('no_blocks', False)), use_bn=bool(get('use_bn', True)),
                  kernel_init=get('kernel_init', 'he_normal'),
-                 branch_conv_impl=get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name)
+                 branch_conv_impl=get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name,
+                 dtype=models.model_dtype(model_cfg))
     return jigsaw_model.SKIDDownstream(trunk=trunk, lstm_features=_ints(get('lstm_features')),
                                        num_outputs=num_outputs, freeze_trunk=bool(get('freeze')))
   if arch == 'sslacl':
@@ -95,7 +97,7 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_outputs: int) -> nn
         fc_features=_ints(get('fc_features')), num_outputs=num_outputs,
         freeze_branches=bool(get('freeze')), use_bn=bool(get('use_bn', True)),
         classifier_bn=bool(get('classifier_bn', False)), kernel_init=get('kernel_init', 'he_normal'),
-        branch_conv_impl=get('branch_conv_impl', 'shifted_matmul'))
+        branch_conv_impl=get('branch_conv_impl', 'shifted_matmul'), dtype=models.model_dtype(model_cfg))
   if arch == 'slice_max':
     name = get('encoder')
     if name not in models.ENCODERS:
@@ -103,7 +105,8 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_outputs: int) -> nn
     kwargs = get('encoder_kwargs')
     kwargs = kwargs.to_dict() if hasattr(kwargs, 'to_dict') else dict(kwargs or {})
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return SliceMaxClassifier(models.ENCODERS[name](**kwargs, bn_axis_name=axis_name),
+    return SliceMaxClassifier(models.ENCODERS[name](**kwargs, bn_axis_name=axis_name,
+                                                    dtype=models.model_dtype(model_cfg)),
                               num_outputs=num_outputs)
   raise ValueError(f'Unknown model.arch={arch!r} for the MRNet downstream task; expected one of '
                    f'{ARCHS}.')
