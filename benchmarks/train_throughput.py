@@ -164,7 +164,7 @@ def time_torch(name: str, batch: int, size: int, dtype: str, width, warmup: int,
   median = statistics.median(times)
   return {"framework": "torch", "model": name, "batch": batch, "size": size, "dtype": dtype,
           "compile": compile_model, "warmup_s": first, "median_s": median,
-          "img_per_s": batch / median, "loss": float(loss), "status": "ok"}
+          "img_per_s": batch / median, "loss": float(loss.detach()), "status": "ok"}
 
 
 def main(argv=None):
