@@ -331,6 +331,7 @@ def ssl_image(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Conf
       # training images cut to the ratio-100 profile (about 12,400 images: up to 5,000 of class 0 ... 50 of
       # class 9), scored like CIFAR10-LT by l2 kNN with k = 1 and 10 on the balanced test set.
       c.data.long_tail_ratio = 100.0
+      c.data.kwargs.val_size = 10_000   # the source's default, named so a CLI can change it
       c.eval.l2_knn_ks = (1, 10)
   elif variant in _SMALL_SCALE:
     # Thesis small scale (Sec. 5.5.2, Table 5.2; Sec. 6.5.2.1, Table 6.1): ResNet-18 CIFAR stem
