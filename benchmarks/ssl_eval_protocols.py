@@ -7,7 +7,8 @@ Every run is one ``python -m launch`` command of the library's configs (printed 
 JSON with its ``results.json``), on Debian's ``dataset-fashion-mnist`` IDX files (``--data-root``):
 
 * ``lt`` (Tables 6.5 / 6.6's protocol): ``configs/<method>.py:fashion_mnist_lt`` pretrains on the
-  long-tailed training split (imbalance ratio 100: 5,000 images of class 0 down to 50 of class 9)
+  long-tailed training split (imbalance ratio 100: 12,370 images, 4,964 of class 0 down to 50 of
+  class 9)
   and scores the balanced 10,000-image test set by the unweighted l2 1-NN and 10-NN of the frozen
   backbone features against that split (plus the weighted 200-NN and the linear probe);
 * ``transfer`` (Tables 5.6-5.7 / 6.11-6.12's protocol): ``configs/simclr.py:fashion_mnist``

@@ -14,8 +14,9 @@ The encoder (``model.encoder`` / ``encoder_kwargs``) must be the pretraining run
 Thesis protocol (Sec. 5.5.3.3, 6.5.2.2; Tables 5.6 / 5.7 / 6.11 / 6.12): every parameter
 fine-tuned for 50 epochs by SGD, batch 128, lr 0.1 for multi-class and 1.0 for binary tasks,
 multiplied by 0.1 at epochs 30 and 40, class weights on the imbalanced (medical) sets
-(``finetune.class_weights``: MURA 0.7097, ISIC2016 4.24, MHIST 2.45 as the positive class's weight;
-Chaoyang (1.264, 1.667, 1.0, 2.114)), none on CIFAR-10 / CIFAR-100. Not stated there (GUESS, kept
+(``finetune.class_weights``: MURA 0.7097, ISIC2016 4.24, MHIST 2.45 as the positive class's weight,
+e.g. ``--config.finetune.class_weights="(4.24,)"``; Chaoyang ``"(1.264, 1.667, 1.0, 2.114)"``), none
+on CIFAR-10 / CIFAR-100; binary tasks also take ``--config.optim.lr=1.0``. Not stated there (GUESS, kept
 as fields): SGD momentum 0.9 and weight decay 5e-4 (the pretraining recipe's), the augmentation
 (random translation, brightness and noise: ``data.augment_kind='image'``), no warm-up.
 
@@ -58,7 +59,7 @@ def get_config(variant: str = "digits"):
   c.task = "finetune"
   c.method = "none"
   c.finetune = ml_collections.ConfigDict()
-  c.finetune.class_weights = placeholder(object)  # None: unweighted (balanced targets)
+  c.finetune.class_weights = placeholder(tuple)   # None: unweighted; (w,): binary, class 1 weight w
   c.finetune.num_classes = placeholder(int)       # None: from the labels
   c.data.views = 1
   c.data.normalize_targets = False                # class ids
@@ -75,7 +76,7 @@ def get_config(variant: str = "digits"):
     if variant == "digits":
       c.data.name = "digits"
       c.data.kwargs.upsample = 3.5                # 8x8 -> 28x28, Fashion-MNIST's size
-      c.eval_batch_size = 270                     # the 270 validation / test images, one batch
+      c.eval_batch_size = 280                     # the 270 validation / test images, one batch
     else:
       c.data.name = "fashion_mnist"
       c.data.root = recipes.FASHION_MNIST_ROOT

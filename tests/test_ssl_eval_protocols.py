@@ -57,6 +57,15 @@ def test_long_tail_rows_seeded_and_capped():
   assert long_tail(ds, 1.0, 0) is ds
 
 
+def test_defaults_keep_older_checkpoints_resumable():
+  from configs import simclr  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from contrastive_jax.train import run  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  balanced = run.config_identity(simclr.get_config("cifar10"))
+  assert "long_tail_ratio" not in balanced["data"] and "l2_knn_ks" not in balanced["eval"]
+  lt = run.config_identity(simclr.get_config("cifar10_lt"))
+  assert lt["data"]["long_tail_ratio"] == 100 and lt["eval"]["l2_knn_ks"] == [1, 10]
+
+
 def test_l2_knn_is_scikit_learns_majority_vote():
   from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   rng = np.random.default_rng(0)
@@ -116,7 +125,7 @@ def _transfer(init_from, workdir):
   config = _small_cnn(transfer.get_config("digits"))
   config.model.init_from = init_from
   config.data.kwargs.upsample = 2.0
-  config.batch_size, config.eval_batch_size, config.num_train_steps = 32, 270, 2
+  config.batch_size, config.eval_batch_size, config.num_train_steps = 32, 280, 2
   config.log_every = config.eval_every = config.checkpoint_every = 2
   return finetune.train_finetune(config, workdir)
 

@@ -48,8 +48,6 @@ log = logging.getLogger("contrastive_jax")
 
 # Fields of the `finetune` section (beyond the regression trainer's schema, `defaults.run_config`).
 FINETUNE_FIELDS = ("finetune.class_weights", "finetune.num_classes")
-# Schema fields the fine-tuning task does not read (the contrastive / regression loss and heads).
-IGNORED_SECTIONS = ("loss.", "model.proj", "model.regress_from", "model.head_bias")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -57,9 +55,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   :data:`FINETUNE_FIELDS`), the required fields set."""
   if config.get("task") != "finetune":
     raise ValueError(f"The fine-tuning trainer needs `task`='finetune', got {config.get('task')!r}.")
-  known = set(loop._field_paths(loop.run_config().to_dict())) | set(loop.OPTIONAL_FIELDS)  # pylint: disable=protected-access
-  known |= set(FINETUNE_FIELDS)
-  unknown = [p for p in loop._field_paths(config.to_dict()) if p not in known]  # pylint: disable=protected-access
+  paths = loop._field_paths  # pylint: disable=protected-access
+  known = set(paths(loop.run_config().to_dict())) | set(loop.OPTIONAL_FIELDS) | set(FINETUNE_FIELDS)
+  unknown = [p for p in paths(config.to_dict()) if p not in known]
   if unknown:
     raise ValueError("Unknown config field(s), read by nothing: " + ", ".join(unknown) + ". Known "
                      "fields: those of contrastive_jax/train/defaults.py and "
@@ -88,7 +86,7 @@ def class_weight_vector(weights, num_classes: int) -> np.ndarray:
     w = np.array([1.0, float(w[0])])
   if w.shape != (num_classes,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
     raise ValueError(f"`finetune.class_weights`={weights!r} must be None, one positive number "
-                     f"(binary tasks) or {num_classes} positive numbers.")
+                     f"(binary tasks: `(w,)` on the command line) or {num_classes} positive numbers.")
   return w.astype(np.float32)
 
 
