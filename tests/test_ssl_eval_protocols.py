@@ -178,4 +178,4 @@ def test_long_tailed_pretraining_then_transfer_through_the_launcher(tmp_path):
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
   assert results["init_from"] == pre and set(results["test"]) == {"top1", "top5"}
-  assert "Initialised from the checkpoint" in proc.stderr
+  assert "Initialised from the checkpoint" in proc.stdout + proc.stderr
