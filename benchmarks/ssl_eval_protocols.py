@@ -15,7 +15,9 @@ JSON with its ``results.json``), on Debian's ``dataset-fashion-mnist`` IDX files
   pretrains on the 50,000 training images; ``configs/transfer.py:digits`` fine-tunes that encoder
   end to end with a new linear classifier on scikit-learn's digits (1,257 training images zoomed to
   28x28; 50 epochs, SGD lr 0.1, x0.1 at epochs 30 and 40), and the same fine-tuning from a random
-  init is the reference. Test top-1 / top-5 of the best validation state.
+  init is the reference. Test top-1 / top-5 of the best validation state. ``--transfer-fractions``
+  adds fine-tunings on seeded subsets of the digits' training split (ours, not the thesis': batch
+  32, 150 steps), where a pretrained encoder has more to give.
 
 ``--steps`` is the pretraining budget (the variants' own is 50 steps of 64 images); the encoder is
 the variants' ResNet-18 (CIFAR stem, width 8). Writes a markdown table and the JSON (rewritten after
@@ -71,12 +73,17 @@ def plan(args) -> list:
   if "transfer" in args.protocols:
     source = os.path.join(args.workdir, "pretrain_simclr")
     runs.append(("transfer/pretrain", launch_command("simclr.py:fashion_mnist", source, pre)))
-    tune = {"num_train_steps": args.finetune_steps} if args.finetune_steps else {}
-    runs.append(("transfer/simclr_to_digits", launch_command(
-        "transfer.py:digits", os.path.join(args.workdir, "digits_from_simclr"),
-        {"model.init_from": source, **tune})))
-    runs.append(("transfer/scratch_digits", launch_command(
-        "transfer.py:digits", os.path.join(args.workdir, "digits_from_scratch"), tune)))
+    for fraction in args.transfer_fractions:
+      tune = {"num_train_steps": args.finetune_steps} if args.finetune_steps else {}
+      tag = "" if fraction == 1 else f"_{fraction:g}"
+      if fraction != 1:  # a seeded subset of the digits' training split: batch 32, 150 steps
+        tune = {"data.train_fraction": fraction, "batch_size": 32, "num_train_steps": 150,
+                "eval_every": 15, "checkpoint_every": 15, "log_every": 15, **tune}
+      runs.append((f"transfer/simclr_to_digits{tag}", launch_command(
+          "transfer.py:digits", os.path.join(args.workdir, f"digits_from_simclr{tag}"),
+          {"model.init_from": source, **tune})))
+      runs.append((f"transfer/scratch_digits{tag}", launch_command(
+          "transfer.py:digits", os.path.join(args.workdir, f"digits_from_scratch{tag}"), tune)))
   return runs
 
 
@@ -94,11 +101,11 @@ def markdown_table(rows: dict) -> str:
   tr = {k: v for k, v in rows.items() if k.startswith("transfer/") and "results" in v
         and v["results"].get("task") == "finetune"}
   if tr:
-    lines += ["", "| digits fine-tuning | test top-1 | test top-5 | best step |",
-              "|---|---|---|---|"]
+    lines += ["", "| digits fine-tuning | train images | test top-1 | test top-5 | best step |",
+              "|---|---|---|---|---|"]
     for name, row in tr.items():
       r = row["results"]
-      lines.append(f"| {name[9:]} | {100 * r['test']['top1']:.2f} % | "
+      lines.append(f"| {name[9:]} | {r['train_examples']} | {100 * r['test']['top1']:.2f} % | "
                    f"{100 * r['test']['top5']:.2f} % | {r['best_step']} |")
   return "\n".join(lines)
 
@@ -111,10 +118,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--lt-methods", default="simclr")
   p.add_argument("--steps", type=int, default=200, help="pretraining steps (batch 64)")
   p.add_argument("--finetune-steps", type=int, default=0, help="0: the config's 50 epochs")
+  p.add_argument("--transfer-fractions", default="1",
+                 help="fractions of the digits' training split to fine-tune on (data.train_fraction;"
+                      " below 1: batch 32, 150 steps)")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
   args.protocols = tuple(s for s in args.protocols.split(",") if s)
   args.lt_methods = tuple(s for s in args.lt_methods.split(",") if s)
+  args.transfer_fractions = tuple(float(s) for s in args.transfer_fractions.split(",") if s)
   unknown = set(args.protocols) - set(PROTOCOLS)
   if unknown or args.steps < 1:
     p.error(f"--protocols from {PROTOCOLS}; --steps >= 1 (got {sorted(unknown)}, {args.steps}).")
