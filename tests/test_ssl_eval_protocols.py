@@ -4,8 +4,8 @@ fine-tuning (Tables 5.6-5.7 / 6.11-6.12).
 The pipelines run end to end on generated Fashion-MNIST-format IDX files and scikit-learn's bundled
 digits: a long-tailed SimCLR pretraining (``configs/simclr.py:fashion_mnist_lt``) and the
 fine-tuning of its encoder on the digits (``configs/transfer.py:digits`` with ``model.init_from``),
-both tiny: in the default suite through the trainers with the small CNN, in the slow suite through
-``python -m launch`` with the variants' own ResNet-18.
+both tiny: in the default suite through the trainers with a small MLP encoder, in the slow suite
+through ``python -m launch`` with the variants' own ResNet-18.
 """
 
 from __future__ import annotations
@@ -97,16 +97,18 @@ def test_finetune_config_checks():
   assert isinstance(transfer.get_config().finetune, ml_collections.ConfigDict)
 
 
-def _small_cnn(config):
-  config.model.encoder = "small_cnn"
-  config.model.encoder_kwargs = ml_collections.ConfigDict()
+def _mlp(config):
+  """A one-layer MLP encoder on the flattened 28x28 images: a CNN's compilation would take most of
+  the default suite's budget for these tests (the slow test runs the variants' ResNet-18)."""
+  config.model.encoder = "mlp"
+  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(hidden_sizes=(32,)))
   return config
 
 
 def _pretrain_long_tailed(root, workdir):
-  """``simclr.py:fashion_mnist_lt`` on the fixture IDX files, shrunk to the small CNN, 2 steps."""
+  """``simclr.py:fashion_mnist_lt`` on the fixture IDX files, shrunk to a small MLP, 2 steps."""
   from configs import simclr  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  config = _small_cnn(simclr.get_config("fashion_mnist_lt"))
+  config = _mlp(simclr.get_config("fashion_mnist_lt"))
   # The translation / noise augmentation instead of the SimCLR crop-and-jitter pipeline (a third of
   # the compile time); the slow launcher test runs the variant's own.
   config.data.augment_kind, config.data.augment = "image", ml_collections.ConfigDict()
@@ -122,9 +124,8 @@ def _pretrain_long_tailed(root, workdir):
 
 def _transfer(init_from, workdir):
   from configs import transfer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  config = _small_cnn(transfer.get_config("digits"))
+  config = _mlp(transfer.get_config("digits"))  # digits zoomed to 28x28: the same 784 inputs
   config.model.init_from = init_from
-  config.data.kwargs.upsample = 2.0
   config.batch_size, config.eval_batch_size, config.num_train_steps = 32, 280, 2
   config.log_every = config.eval_every = config.checkpoint_every = 2
   return finetune.train_finetune(config, workdir)
