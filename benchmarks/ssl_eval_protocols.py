@@ -73,9 +73,11 @@ def plan(args) -> list:
   if "transfer" in args.protocols:
     source = os.path.join(args.workdir, "pretrain_simclr")
     runs.append(("transfer/pretrain", launch_command("simclr.py:fashion_mnist", source, pre)))
-    for fraction in args.transfer_fractions:
+    for fraction, seed in ((f, s) for f in args.transfer_fractions for s in args.transfer_seeds):
       tune = {"num_train_steps": args.finetune_steps} if args.finetune_steps else {}
-      tag = "" if fraction == 1 else f"_{fraction:g}"
+      tag = ("" if fraction == 1 else f"_{fraction:g}") + (f"_seed{seed}" if seed else "")
+      if seed:  # the classifier's init, the batches and (below 1) the subset of the digits
+        tune.update({"seed": seed, "data.seed": seed})
       if fraction != 1:  # a seeded subset of the digits' training split: batch 32, 150 steps
         tune = {"data.train_fraction": fraction, "batch_size": 32, "num_train_steps": 150,
                 "eval_every": 15, "checkpoint_every": 15, "log_every": 15, **tune}
@@ -121,11 +123,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--transfer-fractions", default="1",
                  help="fractions of the digits' training split to fine-tune on (data.train_fraction;"
                       " below 1: batch 32, 150 steps)")
+  p.add_argument("--transfer-seeds", default="0", help="seed and data.seed of the fine-tunings")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
   args.protocols = tuple(s for s in args.protocols.split(",") if s)
   args.lt_methods = tuple(s for s in args.lt_methods.split(",") if s)
   args.transfer_fractions = tuple(float(s) for s in args.transfer_fractions.split(",") if s)
+  args.transfer_seeds = tuple(int(s) for s in args.transfer_seeds.split(",") if s)
   unknown = set(args.protocols) - set(PROTOCOLS)
   if unknown or args.steps < 1:
     p.error(f"--protocols from {PROTOCOLS}; --steps >= 1 (got {sorted(unknown)}, {args.steps}).")
