@@ -1,6 +1,7 @@
 """Bundled real demo data for regression: no network, no downloads.
 
-Two datasets ship with scikit-learn and are turned into regression tasks here:
+Two datasets ship with scikit-learn and are turned into regression tasks here (and the digits
+into a classification set too):
 
 * ``digits_angle`` -- the 1797 real 8x8 handwritten digits of ``sklearn.datasets.load_digits``,
   each upsampled (bilinear ``scipy.ndimage.zoom``) and rotated by a random angle; the target is
