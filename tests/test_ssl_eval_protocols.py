@@ -180,3 +180,34 @@ def test_long_tailed_pretraining_then_transfer_through_the_launcher(tmp_path):
     results = json.load(f)
   assert results["init_from"] == pre and set(results["test"]) == {"top1", "top5"}
   assert "Initialised from the checkpoint" in proc.stdout + proc.stderr
+
+
+def test_medical_transfer_variants_carry_the_thesis_weights():
+  from configs import transfer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  for variant, weights, lr in (("mura", (0.7097,), 1.0), ("isic2016", (4.24,), 1.0),
+                               ("mhist", (2.45,), 1.0),
+                               ("chaoyang", (1.264, 1.667, 1.0, 2.114), 0.1)):
+    c = transfer.get_config(variant)
+    finetune.check_config(c)
+    assert (tuple(c.finetune.class_weights), c.optim.lr, c.batch_size) == (weights, lr, 128)
+    assert c.data.name == "csv_images" and c.data.kwargs.csv_path == f"{variant}.csv"
+  assert transfer.get_config("isic2016").num_train_steps == 50 * (900 // 128)
+
+
+@pytest.mark.slow  # a CSV of PNGs through the medical-target variant (small CNN), ~10 s
+@pytest.mark.usefixtures("fast_compile")
+def test_csv_transfer_variant_trains_with_class_weights(tmp_path):
+  from configs import transfer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from tests.test_ssl_tfds_configs import write_imagenet100  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  config = transfer.get_config("chaoyang")  # 4 classes, the thesis' 4 class weights
+  config.model.encoder = "small_cnn"
+  config.model.encoder_kwargs = ml_collections.ConfigDict()
+  config.data.root = write_imagenet100(str(tmp_path / "data"))
+  config.data.kwargs.csv_path = "imagenet100.csv"
+  config.data.kwargs.image_size = 16
+  config.data.augment.max_shift = 2
+  config.batch_size, config.eval_batch_size, config.num_train_steps = 8, 8, 2
+  config.log_every = config.eval_every = config.checkpoint_every = 2
+  results = finetune.train_finetune(config, str(tmp_path / "run"))
+  assert results["num_classes"] == 4 and set(results["test"]) == {"top1", "top5"}
+  assert results["test"]["top5"] == 1.0  # 4 classes: every label is in the top 5
