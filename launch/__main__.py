@@ -46,6 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # imported only when selected.
 TASKS = {
     "regression": "contrastive_jax.train.loop:train_and_evaluate",
+    "finetune": "contrastive_jax.train.finetune:train_finetune",
     "jigsaw": "contrastive_jax.projects.jigsaw.task:train_pretext",
     "cowpro": "contrastive_jax.projects.cowpro.task:train_cowpro",
     "mrnet": "contrastive_jax.projects.mrnet.task:train_downstream",

@@ -32,7 +32,7 @@ def diabetes():
 
 
 def test_datasets_constant():
-  assert data.DATASETS == ('digits_angle', 'diabetes')
+  assert data.DATASETS == ('digits_angle', 'diabetes', 'digits')
 
 
 def test_digits_shapes_dtypes_and_ranges(digits):

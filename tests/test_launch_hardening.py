@@ -166,6 +166,7 @@ def test_trainers_refuse_bad_run_control_first(tmp_path, task):
   import importlib  # pylint: disable=g-import-not-at-top
   train = launcher._trainer(task)  # pylint: disable=protected-access
   config = {"regression": lambda: base_config("diabetes"),
+            "finetune": lambda: importlib.import_module("configs.transfer").get_config(),
             "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
             "cowpro": lambda: importlib.import_module("configs.cowpro").get_config(),
             "mrnet": lambda: importlib.import_module("configs.mrnet").get_config()}[task]()
@@ -177,15 +178,15 @@ def test_trainers_refuse_bad_run_control_first(tmp_path, task):
 
 @pytest.mark.parametrize("task", sorted(launcher.TASKS))
 def test_every_task_is_a_project_or_the_loop_on_the_run_skeleton(tmp_path, monkeypatch, task):
-  """``launch.TASKS`` names a trainer of ``contrastive_jax/projects/<name>/task.py`` or of
-  ``train/loop.py``; calling it hands a task of its own module to ``train.run.run``, and
+  """``launch.TASKS`` names a trainer of ``contrastive_jax/projects/<name>/task.py``, of
+  ``train/loop.py`` or of ``train/<name>.py``; calling it hands a task of its own module to ``train.run.run``, and
   ``models.MODELS`` builds that task's network."""
   import functools  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   from contrastive_jax import models  # pylint: disable=g-import-not-at-top
   from contrastive_jax.train import run as run_lib  # pylint: disable=g-import-not-at-top
   module_name = launcher.TASKS[task].partition(":")[0]
-  assert module_name == "contrastive_jax.train.loop" or (
+  assert module_name in ("contrastive_jax.train.loop", f"contrastive_jax.train.{task}") or (
       module_name == f"contrastive_jax.projects.{task}.task"), module_name
   assert task in models.MODELS
   trainer = launcher._trainer(task)  # pylint: disable=protected-access
@@ -195,6 +196,7 @@ def test_every_task_is_a_project_or_the_loop_on_the_run_skeleton(tmp_path, monke
   calls = []
   monkeypatch.setattr(run_lib, "run", lambda *args: calls.append(args) or {"steps": 0})
   config = {"regression": lambda: base_config("diabetes"),
+            "finetune": lambda: importlib.import_module("configs.transfer").get_config(),
             "jigsaw": lambda: importlib.import_module("configs.jigsaw").get_config(),
             "cowpro": lambda: importlib.import_module("configs.cowpro").get_config(),
             "mrnet": lambda: importlib.import_module("configs.mrnet").get_config()}[task]()

@@ -293,7 +293,7 @@ def test_build_model_is_the_one_factory_of_every_task():
   out = jax.eval_shape(functools.partial(models.build_model(c.model, task='cowpro').apply,
                                          train=False), variables, x)
   chex.assert_shape(out, (2, 8, 8, c.model.feature_dim))
-  assert set(models.MODELS) == {'regression', 'jigsaw', 'cowpro', 'mrnet'}
+  assert set(models.MODELS) == {'regression', 'finetune', 'jigsaw', 'cowpro', 'mrnet'}
   regression = models.build_model(_model_config('mlp', hidden_sizes=[4]), task='regression')
   assert regression == models.build_model(_model_config('mlp', hidden_sizes=[4]))
 

@@ -31,9 +31,11 @@ from contrastive_jax.train.loop import check_config_fields  # pylint: disable=g-
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 METHODS = ("simclr", "mio", "dystress", "bcl")
-VARIANTS = {"simclr": ("fashion_mnist", "cifar10", "imagenet", "imagenet100"),
-            "mio": ("fashion_mnist", "cifar10", "imagenet100", "imagenet"),
-            "dystress": ("fashion_mnist", "cifar10", "imagenet100", "imagenet"),
+VARIANTS = {"simclr": ("fashion_mnist", "fashion_mnist_lt", "cifar10", "cifar100", "stl10",
+                       "cifar10_lt", "cifar100_lt", "imagenet", "imagenet100"),
+            "mio": ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagenet100", "imagenet"),
+            "dystress": ("fashion_mnist", "fashion_mnist_lt", "cifar10", "cifar100", "stl10",
+                         "cifar10_lt", "cifar100_lt", "imagenet100", "imagenet"),
             "bcl": ("fashion_mnist", "mrnet")}
 
 
@@ -138,6 +140,19 @@ def test_thesis_hyperparameters():
   d = _config("dystress", "cifar10").loss.contrastive
   assert (d.tau_min, d.tau_max, d.profile) == (0.07, 0.2, "cosine")
   assert _config("dystress", "imagenet100").loss.contrastive.tau_min == 0.1
+  for method in ("simclr", "mio", "dystress"):  # Sec. 5.5.2: lr 0.06 CIFAR-100, 0.03 STL-10
+    c100, stl = _config(method, "cifar100"), _config(method, "stl10")
+    assert (c100.data.kwargs.tfds_name, c100.optim.lr, c100.num_train_steps) == (
+        "cifar100", 0.06, 200 * (50_000 // 128))
+    assert (stl.data.kwargs.tfds_name, stl.optim.lr, stl.num_train_steps) == (
+        "stl10", 0.03, 200 * (5_000 // 128))
+    assert stl.data.augment.size == 96 and c100.data.long_tail_ratio == 1.0
+  for method in ("simclr", "dystress"):  # Sec. 6.5.2.1: ratio 100, 500 epochs, k = 1 and 10
+    for variant, name, size in (("cifar10_lt", "cifar10", 12_406), ("cifar100_lt", "cifar100", 10_847)):
+      lt = _config(method, variant)
+      assert (lt.data.kwargs.tfds_name, lt.data.long_tail_ratio, tuple(lt.eval.l2_knn_ks)) == (
+          name, 100, (1, 10))
+      assert lt.num_train_steps == 500 * (size // 128) and lt.optim.lr == 0.06
   m = _config("bcl", "mrnet")
   assert (m.loss.contrastive.temperature, m.loss.contrastive.nu) == (0.25, 1.0)
   assert (m.batch_size, m.optim.name, m.optim.lr, m.optim.warmup_steps) == (64, "lars", 0.1, 0)

@@ -1,11 +1,14 @@
 """Bundled real demo data for regression: no network, no downloads.
 
-Two datasets ship with scikit-learn and are turned into regression tasks here:
+Two datasets ship with scikit-learn and are turned into regression tasks here (and the digits
+into a classification set too):
 
 * ``digits_angle`` -- the 1797 real 8x8 handwritten digits of ``sklearn.datasets.load_digits``,
   each upsampled (bilinear ``scipy.ndimage.zoom``) and rotated by a random angle; the target is
   that angle in degrees, so the label is exact. An image regression task in the spirit of the age /
   ejection-fraction tasks of the papers, small enough to train on a CPU in seconds.
+* ``digits`` -- the same 1797 digits, unrotated, labelled by their digit (a 10-class set for the
+  transfer / fine-tuning task, ``contrastive_jax.train.finetune``).
 * ``diabetes`` -- ``sklearn.datasets.load_diabetes(scaled=False)``: 442 patients, 10 clinical
   features, target = disease progression one year after baseline (25..346). Features are
   standardised with the training split's statistics; the target stays in its natural unit.
@@ -39,7 +42,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-DATASETS = ('digits_angle', 'diabetes')
+DATASETS = ('digits_angle', 'diabetes', 'digits')
 
 # Fractions of the train / val / test partition: val and test get round(0.15 * n) each, train the
 # rest.
@@ -147,6 +150,27 @@ def _load_digits_angle(seed: int, max_angle: float = 45.0, upsample: int = 2,
                  test=make(test_idx))
 
 
+def _load_digits(seed: int, upsample: float = 2.0) -> Dataset:
+  """sklearn digits as a 10-class classification set (y = the digit, a float class id): each 8x8
+  image bilinearly zoomed by ``upsample`` (e.g. 3.5 -> 28x28, Fashion-MNIST's size, for transfer
+  from it), float32 ``[N, S, S, 1]`` in [0, 1]; the same 70/15/15 split of ``split_indices``."""
+  upsample = float(upsample)
+  if not np.isfinite(upsample) or upsample < 1:
+    raise ValueError(f'upsample must be a number >= 1, got {upsample}.')
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  raw = load_digits()
+  images = raw.images.astype(np.float64) / 16.0
+  if upsample != 1:
+    images = np.stack([ndimage.zoom(im, upsample, order=1) for im in images])
+  x = np.clip(images, 0.0, 1.0).astype(np.float32)[..., None]
+  y = np.asarray(raw.target, np.float32)
+  train_idx, val_idx, test_idx = split_indices(len(y), seed)
+  make = lambda idx: Split(x=x[idx], y=y[idx])
+  return Dataset(name='digits', kind='image', train=make(train_idx), val=make(val_idx),
+                 test=make(test_idx))
+
+
 def _load_diabetes(seed: int) -> Dataset:
   """sklearn diabetes, unscaled; features standardised with the train mean / std, y untouched."""
   from sklearn.datasets import load_diabetes  # pylint: disable=g-import-not-at-top
@@ -168,6 +192,7 @@ def _load_diabetes(seed: int) -> Dataset:
 _LOADERS: dict[str, Callable[..., Dataset]] = {
     'digits_angle': _load_digits_angle,
     'diabetes': _load_diabetes,
+    'digits': _load_digits,
 }
 
 
@@ -195,7 +220,7 @@ def load_dataset(name: str, seed: int = 0, **kwargs) -> Dataset:
     **kwargs: dataset options. ``digits_angle``: ``max_angle=45.0`` (degrees), ``upsample=2``
       (zoom factor applied to the 8x8 digit before rotating; output images are ``8 * upsample``
       pixels wide), ``copies=2`` (independently rotated copies per source image). ``diabetes``:
-      none.
+      none. ``digits`` (10-class digit labels, for classification / transfer): ``upsample=2.0``.
 
   Returns:
     A validated ``Dataset``: float32 arrays for the bundled data, a source's arrays (often lazy

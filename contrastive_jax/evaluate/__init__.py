@@ -2,7 +2,8 @@
 
 * ``metrics``         MAE / RMSE / R^2 / Pearson / Spearman / G-mean; many / medium / few-shot splits
 * ``probe``           kNN regression and the closed-form ridge probe
-* ``knn``             InstDisc weighted kNN classification (k=200, T=0.07) and top-1 accuracy
+* ``knn``             InstDisc weighted kNN classification (k=200, T=0.07) and top-1 accuracy;
+                      the unweighted l2 k-NN of the thesis' long-tailed evaluation (k = 1, 10)
 * ``linear_probe``    optax linear / logistic probe; best-by-validation selection
 * ``crossval``        k-fold splits (stratified, grouped), fold-model ensemble, CV driver
 * ``classification``  ROC AUC, sensitivity / specificity, Youden threshold, bootstrap intervals
@@ -40,6 +41,8 @@ from contrastive_jax.evaluate.knn import knn_top1
 from contrastive_jax.evaluate.knn import top1_accuracy
 from contrastive_jax.evaluate.knn import topk_accuracy
 from contrastive_jax.evaluate.knn import knn_topk
+from contrastive_jax.evaluate.knn import l2_knn_classify
+from contrastive_jax.evaluate.knn import l2_knn_top1
 from contrastive_jax.evaluate.knn import weighted_knn_scores
 from contrastive_jax.evaluate.linear_probe import LinearProbe
 from contrastive_jax.evaluate.linear_probe import best_index

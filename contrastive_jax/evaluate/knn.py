@@ -141,3 +141,42 @@ def knn_top1(train_features, train_labels, query_features, query_labels, **kwarg
   """Top-1 accuracy of weighted kNN (k=200, T=0.07 by default) on labelled queries."""
   return top1_accuracy(knn_classify(train_features, train_labels, query_features, **kwargs),
                        query_labels)
+
+
+def l2_knn_classify(train_features, train_labels, query_features, *, k: int,
+                    num_classes: Optional[int] = None, chunk: int = 1024) -> np.ndarray:
+  """Unweighted majority vote of the ``k`` training features nearest to each query by l2 distance
+  (thesis Ch. 6 long-tailed evaluation, k = 1 and 10, Tables 6.5 / 6.6; the author's code scores it
+  with scikit-learn's ``KNeighborsClassifier(n_neighbors=k)``: Euclidean metric, uniform weights).
+
+  Features are L2-normalised first (the thesis' kNN features, Ch. 5 "Evaluation"), so the nearest
+  neighbours are those of highest cosine similarity. Distance ties: the lower training index
+  first; vote ties: the lowest class id (scikit-learn's ``mode``). float64 NumPy on the host.
+  """
+  train = host_matrix(train_features, "train_features")
+  query = host_matrix(query_features, "query_features")
+  if query.shape[1] != train.shape[1]:
+    raise ValueError(f"`query_features` dim {query.shape[1]} must equal `train_features` dim "
+                     f"{train.shape[1]}.")
+  labels = _class_ids(train_labels, "train_labels", train.shape[0])
+  num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+  if isinstance(k, bool) or not 1 <= int(k) <= train.shape[0]:
+    raise ValueError(f"`k`={k} must be in [1, number of training examples={train.shape[0]}].")
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  train, query = unit(train), unit(query)
+  sq_train = np.sum(train ** 2, axis=1)
+  out = []
+  for start in range(0, query.shape[0], chunk):
+    q = query[start:start + chunk]
+    dist = sq_train[None, :] - 2.0 * q @ train.T  # ||q - t||^2 - ||q||^2: the same order
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :int(k)]
+    votes = np.zeros((q.shape[0], num_classes), np.int64)
+    np.add.at(votes, (np.arange(q.shape[0])[:, None], labels[nearest]), 1)
+    out.append(np.argmax(votes, axis=1))
+  return np.concatenate(out)
+
+
+def l2_knn_top1(train_features, train_labels, query_features, query_labels, *, k: int) -> float:
+  """Top-1 accuracy of :func:`l2_knn_classify` on labelled queries."""
+  return top1_accuracy(l2_knn_classify(train_features, train_labels, query_features, k=k),
+                       query_labels)

@@ -25,6 +25,7 @@ from contrastive_jax.models.heads import l2_normalize
 from contrastive_jax.models.heads import LinearHead
 from contrastive_jax.models.heads import ProjectionHead
 from contrastive_jax.models.mlp import MLPEncoder
+from contrastive_jax.models.net import Classifier
 from contrastive_jax.models.net import ContrastiveRegressor
 from contrastive_jax.models.r2plus1d import R2Plus1D
 from contrastive_jax.models.r2plus1d import R2Plus1D18
@@ -83,6 +84,25 @@ def model_dtype(model_config: Any) -> Any:
   return _DTYPES[name]
 
 
+def _encoder(model_config: Any, axis_name: str | None):
+  """The encoder of ``config.model`` (``encoder``, ``encoder_kwargs``, ``dtype``)."""
+  name = _get(model_config, 'encoder')
+  if name not in ENCODERS:
+    raise ValueError(f'Unknown model.encoder={name!r}; '
+                     f'known encoders: {sorted(ENCODERS)}.')
+  kwargs = _to_plain(_get(model_config, 'encoder_kwargs', None) or {})
+  return ENCODERS[name](**kwargs, bn_axis_name=axis_name, dtype=model_dtype(model_config))
+
+
+def build_classifier(model_config: Any, axis_name: str | None = None, *, num_classes: int,
+                     input_normalization: tuple | None = None) -> Classifier:
+  """The encoder of ``config.model`` under a ``num_classes``-way linear classifier
+  (``MODELS['finetune']``: the transfer / fine-tuning task)."""
+  return Classifier(encoder=_encoder(model_config, axis_name), num_classes=int(num_classes),
+                    input_mean=tuple(input_normalization[0]) if input_normalization else None,
+                    input_std=tuple(input_normalization[1]) if input_normalization else None)
+
+
 def build_regressor(model_config: Any, axis_name: str | None = None,
                     input_normalization: tuple | None = None) -> ContrastiveRegressor:
   """Builds a ContrastiveRegressor from ``config.model``-style fields (``MODELS['regression']``).
@@ -98,15 +118,8 @@ def build_regressor(model_config: Any, axis_name: str | None = None,
   Returns:
     An unbound ContrastiveRegressor.
   """
-  name = _get(model_config, 'encoder')
-  if name not in ENCODERS:
-    raise ValueError(f'Unknown model.encoder={name!r}; '
-                     f'known encoders: {sorted(ENCODERS)}.')
-  kwargs = _to_plain(_get(model_config, 'encoder_kwargs', None) or {})
-  encoder = ENCODERS[name](
-      **kwargs, bn_axis_name=axis_name, dtype=model_dtype(model_config))
   return ContrastiveRegressor(
-      encoder=encoder,
+      encoder=_encoder(model_config, axis_name),
       proj_hidden_dim=_get(model_config, 'proj_hidden_dim', None),
       proj_dim=_get(model_config, 'proj_dim', 128),
       regress_from=_get(model_config, 'regress_from', 'backbone'),
@@ -123,6 +136,7 @@ def build_regressor(model_config: Any, axis_name: str | None = None,
 # library, never the other way round). ``launch.TASKS`` has the same keys.
 MODELS: dict[str, Callable[..., Any] | str] = {
     'regression': build_regressor,
+    'finetune': build_classifier,
     'jigsaw': 'contrastive_jax.projects.jigsaw.model:build',
     'cowpro': 'contrastive_jax.projects.cowpro.model:build',
     'mrnet': 'contrastive_jax.projects.mrnet.model:build',
@@ -137,9 +151,10 @@ def build_model(model_config: Any, axis_name: str | None = None, *, task: str = 
     model_config: the ``config.model`` fields of ``task`` (ConfigDict or mapping).
     axis_name: mesh axis the BatchNorm statistics are synchronised over (inside ``shard_map``);
       None: the local batch.
-    task: a key of ``MODELS`` ('regression' (default), 'jigsaw', 'cowpro').
+    task: a key of ``MODELS`` ('regression' (default), 'finetune', 'jigsaw', 'cowpro', 'mrnet').
     **kwargs: what the task's builder needs beyond ``config.model``: 'regression'
-      ``input_normalization`` (see :func:`build_regressor`); 'jigsaw' ``num_classes``
+      ``input_normalization`` (see :func:`build_regressor`); 'finetune' ``num_classes`` and
+      ``input_normalization``; 'jigsaw' ``num_classes``
       (``config.jigsaw.num_classes``); 'cowpro' none; 'mrnet' ``num_outputs`` (one
       logit per task of ``config.data.tasks``).
 
@@ -157,8 +172,9 @@ def build_model(model_config: Any, axis_name: str | None = None, *, task: str = 
 
 
 __all__ = [
-    'BasicBlock', 'BiLSTMPairEncoder', 'Bottleneck', 'ContrastiveRegressor', 'ENCODERS', 'EfficientNet',
+    'BasicBlock', 'BiLSTMPairEncoder', 'Bottleneck', 'Classifier', 'ContrastiveRegressor', 'ENCODERS',
+    'EfficientNet',
     'EfficientNetB0', 'EfficientNetB1', 'LinearHead', 'MLPEncoder', 'MODELS', 'ProjectionHead',
     'R2Plus1D', 'R2Plus1D18', 'ResNet', 'ResNet101', 'ResNet18', 'ResNet34', 'ResNet50',
-    'SmallCNN', 'build_model', 'build_regressor', 'l2_normalize', 'torch_weights',
+    'SmallCNN', 'build_classifier', 'build_model', 'build_regressor', 'l2_normalize', 'torch_weights',
 ]

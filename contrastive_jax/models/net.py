@@ -58,3 +58,30 @@ class ContrastiveRegressor(nn.Module):
       prediction = LinearHead(use_bias=False, name='regressor')(projection)
     return {'embedding': embedding, 'projection': projection,
             'prediction': prediction}
+
+
+class Classifier(nn.Module):
+  """Encoder + linear classifier: the transfer / fine-tuning network (thesis Tables 5.6-5.7 /
+  6.11-6.12: the pretrained encoder fine-tuned end to end under a new linear layer).
+
+  The encoder's variables live under ``'encoder'``, as in :class:`ContrastiveRegressor`, so
+  ``model.init_from`` copies a pretraining run's encoder; the classifier starts at random.
+
+  Attributes:
+    encoder: a module called as ``encoder(x, train=train)`` returning [N, F].
+    num_classes: outputs of the linear classifier.
+    input_mean, input_std: per-channel input statistics, as in :class:`ContrastiveRegressor`.
+  """
+  encoder: nn.Module
+  num_classes: int
+  input_mean: tuple[float, ...] | None = None
+  input_std: tuple[float, ...] | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool) -> dict:
+    """Returns {'embedding': [N, F], 'logits': [N, num_classes]}, both float32."""
+    if self.input_mean is not None:
+      x = normalize(x, self.input_mean, self.input_std)
+    embedding = self.encoder(x, train=train).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, name='classifier')(embedding)
+    return {'embedding': embedding, 'logits': logits}

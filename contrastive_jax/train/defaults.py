@@ -52,6 +52,10 @@ def run_config() -> ml_collections.ConfigDict:
   # Fraction of the training split used, drawn from data.seed (ACCon Fig. 4: limited training data);
   # validation and test unchanged.
   c.data.train_fraction = 1.0
+  # Long-tailed training split (thesis Ch. 6, Tables 6.2-6.6): imbalance ratio n_max / n_min of the
+  # exponential profile n_c = n_max * ratio^(-c / (C - 1)) over class ids c (data/long_tail.py),
+  # drawn from data.seed; 1: the whole training split. Validation and test unchanged.
+  c.data.long_tail_ratio = 1.0
   c.data.kwargs = ml_collections.ConfigDict()
   c.data.views = 2                 # augmented views per sample (AdaCon's "batch augmentation": 8)
   c.data.normalize_targets = True  # regress (y - mean) / std of the training labels
@@ -152,6 +156,10 @@ def run_config() -> ml_collections.ConfigDict:
   c.eval.knn_temperature = 0.1     # the thesis code's T = 0.1 (InstDisc: 0.07)
   c.eval.linear_probe_steps = 500  # full-batch SGD steps of the linear probe (knn_top1 protocol)
   c.eval.linear_probe_lr = 0.1
+  # knn_top1 protocol: the test evaluation adds, for each k here, the accuracy of an unweighted
+  # majority vote of the k nearest training features by l2 distance (thesis Ch. 6 long-tailed
+  # evaluation, k = 1 and 10: Tables 6.5 / 6.6), as `l2_knn{k}_top1`. () = none.
+  c.eval.l2_knn_ks = ()
   c.eval.clip_mode = "first"       # videos: evaluation clip, 'first' or 'center' (AdaCon Sec. IV-B)
   # Many / medium / few-shot groups in results.json (Yang et al. 2021; evaluate.shot_metrics): a test
   # label's group by the count of training labels in its bin, bins `bin_width` wide (1: integer

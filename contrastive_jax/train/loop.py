@@ -33,10 +33,12 @@ from contrastive_jax.data import video as video_lib
 from contrastive_jax.data import normalization
 from contrastive_jax.data.pipeline import CROP_FROM
 from contrastive_jax.data.pipeline import HostCrop
+from contrastive_jax.data.long_tail import long_tail
 from contrastive_jax.data.pipeline import take_rows
 from contrastive_jax.evaluate import regression_metrics
 from contrastive_jax.evaluate import shot_metrics
 from contrastive_jax.evaluate.knn import knn_topk
+from contrastive_jax.evaluate.knn import l2_knn_top1
 from contrastive_jax.evaluate.linear_probe import linear_probe_topk
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
@@ -115,8 +117,9 @@ class Evaluator:
   'knn_top1': class-labelled self-supervised runs (labels are class ids): weighted kNN top-1
   accuracy (InstDisc; ``eval.knn_k``, ``eval.knn_temperature``) of the frozen embeddings of the
   split against those of the training split; the test evaluation adds the top-1 accuracy of a
-  linear probe fitted on the training embeddings (``evaluate.linear_probe``). The validation metric
-  is the kNN top-1 accuracy (higher is better).
+  linear probe fitted on the training embeddings (``evaluate.linear_probe``), and for each k of
+  ``eval.l2_knn_ks`` the unweighted l2 k-NN top-1 (thesis Ch. 6 long-tailed evaluation). The
+  validation metric is the kNN top-1 accuracy (higher is better).
   """
 
   MODES = ("head", "knn", "ridge")
@@ -143,6 +146,9 @@ class Evaluator:
     self.top1_temperature = float(eval_cfg.get("knn_temperature", 0.1))
     self.probe_steps = int(eval_cfg.get("linear_probe_steps", 500))
     self.probe_lr = float(eval_cfg.get("linear_probe_lr", 0.1))
+    self.l2_knn_ks = tuple(int(k) for k in eval_cfg.get("l2_knn_ks", ()) or ())
+    if any(k < 1 for k in self.l2_knn_ks):
+      raise ValueError(f"`eval.l2_knn_ks`={self.l2_knn_ks} must hold neighbour counts >= 1.")
     self._predict = make_predict_step(model, mesh, "prediction", preprocess)
     self._embed = make_predict_step(model, mesh, "embedding", preprocess)
 
@@ -173,6 +179,9 @@ class Evaluator:
       probe = linear_probe_topk(train, self.dataset.train.y, query, split.y, ks=(1, 5),
                                 steps=self.probe_steps, learning_rate=self.probe_lr)
       metrics.update(knn_top5=knn[5], linear_probe_top1=probe[1], linear_probe_top5=probe[5])
+      for k in self.l2_knn_ks:  # thesis Ch. 6 long-tailed evaluation (Tables 6.5 / 6.6)
+        metrics[f"l2_knn{k}_top1"] = l2_knn_top1(train, self.dataset.train.y, query, split.y,
+                                                 k=min(k, train.shape[0]))
     return metrics
 
   def __call__(self, state, split, mode: Optional[str] = None, final: bool = False) -> dict:
@@ -293,7 +302,8 @@ def check_dataset(dataset, batch_size: int) -> None:
 def load_data(config: ml_collections.ConfigDict):
   """``data.load_dataset(config.data.name, seed=config.data.seed, **config.data.kwargs)``, with
   ``root=config.data.root`` added when that is set (the file sources take ``root``; the bundled
-  data sets take none). A relative ``kwargs.csv_path`` (the ``csv_images`` source) is taken
+  data sets take none); then the long-tailed training split of ``data.long_tail_ratio`` and the
+  ``data.train_fraction`` subset. A relative ``kwargs.csv_path`` (the ``csv_images`` source) is taken
   relative to ``data.root``, so one ``--config.data.root=/path`` moves a whole data set.
   """
   kwargs = dict(config.data.kwargs)
@@ -312,6 +322,8 @@ def load_data(config: ml_collections.ConfigDict):
     if csv_path is not None and not os.path.isabs(os.fspath(csv_path)):
       kwargs["csv_path"] = os.path.join(root, os.fspath(csv_path))
   dataset = data_lib.load_dataset(config.data.name, seed=config.data.seed, **kwargs)
+  # Thesis Ch. 6 long-tailed splits (CIFAR10-LT / CIFAR100-LT): the training split only.
+  dataset = long_tail(dataset, config.data.get("long_tail_ratio", 1.0), config.data.seed)
   return limit_training_data(dataset, config.data.get("train_fraction", 1.0), config.data.seed)
 
 
