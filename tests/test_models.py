@@ -378,3 +378,19 @@ def test_projection_head_with_batch_norm():
   z = h @ np.asarray(p['dense_out']['kernel']) / np.sqrt(1 + 1e-5)
   np.testing.assert_allclose(head.apply(variables, x), z / np.linalg.norm(z, axis=1, keepdims=True),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_resnet9_is_the_thesis_table_5_11_encoder():
+  """ResNet-9 of thesis Table 5.11: basic blocks [1, 1, 1, 1], 64 base channels, ~5 M parameters
+  (ResNet-18: [2, 2, 2, 2], ~11 M); 512-d features like ResNet-18."""
+  x = jnp.zeros((1, 32, 32, 3))
+  def count(name):
+    encoder = models.ENCODERS[name]()
+    shapes = jax.eval_shape(functools.partial(encoder.init, train=False), jax.random.key(0), x)
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes['params'])), jax.eval_shape(
+        functools.partial(encoder.apply, train=False), shapes, x).shape
+  n9, out9 = count('resnet9')
+  n18, out18 = count('resnet18')
+  assert models.ENCODERS['resnet9'].keywords['stage_sizes'] == (1, 1, 1, 1)
+  assert 4.5e6 < n9 < 5.5e6 and 10.5e6 < n18 < 11.5e6, (n9, n18)
+  assert out9 == out18 == (1, 512)

@@ -36,12 +36,14 @@ from contrastive_jax.models.resnet import ResNet101
 from contrastive_jax.models.resnet import ResNet18
 from contrastive_jax.models.resnet import ResNet34
 from contrastive_jax.models.resnet import ResNet50
+from contrastive_jax.models.resnet import ResNet9
 from contrastive_jax.models.text import BiLSTMPairEncoder
 
 # Every encoder takes ``bn_axis_name`` and ``dtype`` and is called as ``encoder(x, train=...)``.
 ENCODERS = {
     'mlp': MLPEncoder,
     'small_cnn': SmallCNN,
+    'resnet9': ResNet9,  # thesis Table 5.11
     'resnet18': ResNet18,
     'resnet34': ResNet34,
     'resnet50': ResNet50,
@@ -175,6 +177,6 @@ __all__ = [
     'BasicBlock', 'BiLSTMPairEncoder', 'Bottleneck', 'Classifier', 'ContrastiveRegressor', 'ENCODERS',
     'EfficientNet',
     'EfficientNetB0', 'EfficientNetB1', 'LinearHead', 'MLPEncoder', 'MODELS', 'ProjectionHead',
-    'R2Plus1D', 'R2Plus1D18', 'ResNet', 'ResNet101', 'ResNet18', 'ResNet34', 'ResNet50',
+    'R2Plus1D', 'R2Plus1D18', 'ResNet', 'ResNet101', 'ResNet18', 'ResNet34', 'ResNet50', 'ResNet9',
     'SmallCNN', 'build_classifier', 'build_model', 'build_regressor', 'l2_normalize', 'torch_weights',
 ]
