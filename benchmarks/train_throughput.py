@@ -57,10 +57,11 @@ from contrastive_jax.train.step import make_train_step  # pylint: disable=wrong-
 MODELS = {"resnet18_cifar": ("cifar10", 32), "resnet50_224": ("imagenet100", 224)}
 
 
-def jax_config(name: str, dtype: str, width: int | None, size: int):
+def jax_config(name: str, dtype: str, width: int | None, size: int, micro_batch: int | None = None):
   variant, _ = MODELS[name]
   config = simclr.get_config(variant)
   config.model.dtype = dtype
+  config.micro_batch = micro_batch  # None: one pass; N: GradCache micro-batches of N rows
   if width is not None:
     config.model.encoder_kwargs.num_filters = width
   if name == "resnet50_224" and size != 224:
@@ -68,8 +69,9 @@ def jax_config(name: str, dtype: str, width: int | None, size: int):
   return config
 
 
-def time_jax(name: str, batch: int, size: int, dtype: str, width, warmup: int, reps: int) -> dict:
-  config = jax_config(name, dtype, width, size)
+def time_jax(name: str, batch: int, size: int, dtype: str, width, warmup: int, reps: int,
+             micro_batch: int | None = None) -> dict:
+  config = jax_config(name, dtype, width, size, micro_batch)
   mesh = run_lib.make_mesh()
   model = models.build_model(config.model, axis_name=loop.AXIS)
   rng = np.random.default_rng(0)
@@ -97,7 +99,8 @@ def time_jax(name: str, batch: int, size: int, dtype: str, width, warmup: int, r
     times.append(time.perf_counter() - t0)
   median = statistics.median(times)
   return {"framework": "jax", "model": name, "batch": batch, "size": size, "dtype": dtype,
-          "compile": None, "warmup_s": first, "median_s": median, "img_per_s": batch / median,
+          "micro_batch": micro_batch, "compile": None, "warmup_s": first, "median_s": median,
+          "img_per_s": batch / median,
           "loss": float(metrics["loss"]), "status": "ok"}
 
 
@@ -182,6 +185,9 @@ def main(argv=None):
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--quick", action="store_true",
                       help="CPU smoke run: width 8, batches 8 / 4, ImageNet size 64, 1 + 2 steps")
+  parser.add_argument("--micro-batches", default="",
+                      help="comma-separated config.micro_batch values (rows of the 2 views) timed "
+                           "beside the one-pass step, e.g. 256,128 (lax.scan on accelerators)")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   if args.quick:
@@ -207,6 +213,9 @@ def main(argv=None):
       raise SystemExit(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     batch, size = shapes[name]
     rows.append(time_jax(name, batch, size, args.dtype, args.width, args.warmup, args.reps))
+    for micro in filter(None, args.micro_batches.split(",")):
+      rows.append(time_jax(name, batch, size, args.dtype, args.width, args.warmup, args.reps,
+                           int(micro)))
     if have_torch:
       for flag in args.torch_compile.split(","):
         try:
@@ -215,13 +224,15 @@ def main(argv=None):
         except Exception as exc:  # pylint: disable=broad-except  # recorded, the run goes on
           rows.append({"framework": "torch", "model": name, "compile": flag == "on",
                        "status": f"{type(exc).__name__}: {exc}"[:300]})
-  print("| framework | model | batch | size | dtype | torch.compile | step | img/s |")
+  print("| framework | model | batch | size | dtype | torch.compile / micro-batch | step | img/s |")
   print("|---|---|---:|---:|---|---|---:|---:|")
   for r in rows:
     if r["status"] != "ok":
       print(f"| {r['framework']} | {r['model']} | | | | {r['compile']} | {r['status']} | |")
       continue
     comp = "" if r["compile"] is None else ("on" if r["compile"] else "off")
+    if r.get("micro_batch"):
+      comp = f"micro_batch {r['micro_batch']}"
     print(f"| {r['framework']} | {r['model']} | {r['batch']} | {r['size']} | {r['dtype']} | {comp} | "
           f"{r['median_s'] * 1e3:.1f} ms | {r['img_per_s']:,.0f} |")
   for note in notes:

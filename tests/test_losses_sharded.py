@@ -64,19 +64,22 @@ def _worker():
     yvec = rng.integers(-2, 3, size=(batch, 2)).astype(np.float32)
     train = np.concatenate([y, np.linspace(-1.0, 7.0, 9)]).astype(np.float32)
     cdf = np.asarray(cj.losses.fit_ecdf(train)(jnp.asarray(y)), np.float32)
-    extra_args = {'none': (), 'y': (y,), 'y_cdf': (y, cdf), 'ycont': (ycont,), 'yvec': (yvec,)}
     x = rng.normal(size=(batch, views, 5)).astype(np.float32)
     w = (rng.normal(size=(5, 8)) / np.sqrt(5)).astype(np.float32)
 
-    # One jitted program per comparison for all the cases that take the same extra arguments
-    # (compilation is the time of these tiny cases).
-    by_args = {}
+    # One jitted program per comparison for all the cases of this number of views (compilation is
+    # the time of these tiny cases): every case receives all the row-sharded arguments and passes
+    # on those of its kind.
+    every = (y, cdf, ycont, yvec)
+    picks = {'none': (), 'y': (0,), 'y_cdf': (0, 1), 'ycont': (2,), 'yvec': (3,)}
+    cases = {}
     for name, (fn, arg_kind, needs_unit) in losses.items():
       if name in CASES_BY_VIEWS[views]:
-        by_args.setdefault(arg_kind, {})[f'{name}/views{views}'] = (
-            fn, fn, unit_feats if needs_unit else feats, needs_unit)
-    for arg_kind, cases in by_args.items():
-      sharded_harness.check_losses(results, cases, extra_args[arg_kind], x=x, w=w, mesh=mesh)
+        def picked(f, *args, axis_name=None, fn=fn, pick=picks[arg_kind]):
+          return fn(f, *(args[i] for i in pick), axis_name=axis_name)
+        cases[f'{name}/views{views}'] = (picked, picked, unit_feats if needs_unit else feats,
+                                         needs_unit)
+    sharded_harness.check_losses(results, cases, every, x=x, w=w, mesh=mesh)
   sharded_harness.emit(results)
 
 
