@@ -39,7 +39,7 @@ from contrastive_jax.train.init_from import initial_variables
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
-from contrastive_jax.train.step import apply_if_finite
+from contrastive_jax.train.step import guarded_update
 from contrastive_jax.train.step import augment_views
 from contrastive_jax.train.step import make_predict_step
 from contrastive_jax.train.step import unit_float
@@ -147,11 +147,8 @@ def finetune_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task
       return loss, (correct, updates["batch_stats"])
 
     (loss, (acc, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = apply_if_finite(state, grads, new_stats, finite)
-    metrics = {"loss": loss, "accuracy": acc, "grad_norm": grad_norm, "lr": schedule(state.step),
-               "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    new_state, guard = guarded_update(state, loss, grads, new_stats)
+    metrics = {"loss": loss, "accuracy": acc, "lr": schedule(state.step), **guard}
     return new_state, metrics
 
   train_step = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS)),

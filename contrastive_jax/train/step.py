@@ -89,6 +89,16 @@ def apply_if_finite(state, grads, batch_stats, finite: jax.Array):
       batch_stats=jax.tree.map(keep, updated.batch_stats, state.batch_stats))
 
 
+def guarded_update(state, loss: jax.Array, grads, batch_stats):
+  """A task step's guarded update: :func:`apply_if_finite` where the loss and the gradient norm are
+  finite, with the step's ``grad_norm`` and ``nonfinite`` (1: the update was not applied) metrics.
+  Shared by the jigsaw, CoWPro, MRNet and fine-tuning steps."""
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  return apply_if_finite(state, grads, batch_stats, finite), {
+      "grad_norm": grad_norm, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+
+
 def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective: Callable,
                           micro_batch: int, outputs, dropout_key, axis_name: str = AXIS,
                           unroll: Optional[bool] = None):

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -46,7 +45,7 @@ from contrastive_jax.train.run import config_identity
 from contrastive_jax.train.run import make_mesh
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
-from contrastive_jax.train.step import apply_if_finite
+from contrastive_jax.train.step import guarded_update
 from contrastive_jax.train.step import sample_keys
 
 log = logging.getLogger('contrastive_jax')
@@ -200,16 +199,13 @@ def make_train_step(model, config, schedule, mesh: Mesh):
       return jax.lax.pmean(loss, AXIS), (aux, new_stats)
 
     (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = apply_if_finite(state, grads, new_stats, finite)
+    new_state, guard = guarded_update(state, loss, grads, new_stats)
     pred = cowpro_model.predict_mask(aux['logits'])
     truth = episodes['query_mask'] > 0.5
     inter, total = jax.lax.psum((jnp.sum(pred & truth), jnp.sum(pred) + jnp.sum(truth)), AXIS)
     query_dice = 2.0 * inter / jnp.maximum(total, 1)
     metrics = {'loss': loss, 'loss_ssl': aux['loss_ssl'], 'loss_reg': aux['loss_reg'],
-               'lr': schedule(state.step), 'grad_norm': grad_norm, 'query_dice': query_dice,
-               'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
+               'lr': schedule(state.step), 'query_dice': query_dice, **guard}
     return new_state, metrics
 
   return jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P())),

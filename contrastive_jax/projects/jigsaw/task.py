@@ -46,7 +46,7 @@ from contrastive_jax.train.run import config_identity
 from contrastive_jax.train.run import make_mesh
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
-from contrastive_jax.train.step import apply_if_finite
+from contrastive_jax.train.step import guarded_update
 from contrastive_jax.train.step import sample_keys
 
 log = logging.getLogger('contrastive_jax')
@@ -169,11 +169,8 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
       return loss, (jax.lax.pmean(jnp.mean(correct), AXIS), new_stats)
 
     (loss, (acc, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = apply_if_finite(state, grads, new_stats, finite)
-    metrics = {'loss': loss, 'accuracy': acc, 'grad_norm': grad_norm, 'lr': schedule(state.step),
-               'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
+    new_state, guard = guarded_update(state, loss, grads, new_stats)
+    metrics = {'loss': loss, 'accuracy': acc, 'lr': schedule(state.step), **guard}
     return new_state, metrics
 
   train_step = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS)),

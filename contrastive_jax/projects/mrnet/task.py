@@ -45,7 +45,7 @@ from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
-from contrastive_jax.train.step import apply_if_finite
+from contrastive_jax.train.step import guarded_update
 from contrastive_jax.train.step import sample_keys
 from contrastive_jax.train.step import unit_float
 
@@ -198,11 +198,8 @@ def mrnet_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
       return loss, updates.get('batch_stats', state.batch_stats)
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': schedule(state.step),
-               'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
-    return apply_if_finite(state, grads, new_stats, finite), metrics
+    new_state, guard = guarded_update(state, loss, grads, new_stats)
+    return new_state, {'loss': loss, 'lr': schedule(state.step), **guard}
 
   train_step = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS)),
                                      out_specs=(P(), P())), donate_argnums=0)
