@@ -36,6 +36,24 @@ def _class_ids(labels, name: str, size: int) -> np.ndarray:
   return arr
 
 
+def _checked_inputs(train_features, train_labels, query_features, k, num_classes):
+  """The host arrays of a kNN call, checked: ``(train [N, D], query [Q, D], labels [N], num_classes)``
+  with ``num_classes`` defaulting to ``max(labels) + 1``; a ValueError names the bad argument."""
+  train = host_matrix(train_features, "train_features")
+  query = host_matrix(query_features, "query_features")
+  if query.shape[1] != train.shape[1]:
+    raise ValueError(f"`query_features` dim {query.shape[1]} must equal `train_features` dim "
+                     f"{train.shape[1]}.")
+  labels = _class_ids(train_labels, "train_labels", train.shape[0])
+  num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+  if num_classes < 1 or labels.max() >= num_classes:
+    raise ValueError(f"`num_classes`={num_classes} must exceed every train label (max "
+                     f"{labels.max()}).")
+  if isinstance(k, bool) or not 1 <= int(k) <= train.shape[0]:
+    raise ValueError(f"`k`={k} must be in [1, number of training examples={train.shape[0]}].")
+  return train, query, labels, num_classes
+
+
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "chunk"))
 def weighted_knn_scores(train_features: jax.Array, train_labels: jax.Array,
                         query_features: jax.Array, temperature, *, k: int, num_classes: int,
@@ -79,19 +97,8 @@ def knn_class_scores(train_features, train_labels, query_features, *, k: int = 2
     num_classes: number of classes ``C``; default ``max(train_labels) + 1``.
     chunk: queries per block of the similarity matrix.
   """
-  train = host_matrix(train_features, "train_features")
-  query = host_matrix(query_features, "query_features")
-  if query.shape[1] != train.shape[1]:
-    raise ValueError(f"`query_features` dim {query.shape[1]} must equal `train_features` dim "
-                     f"{train.shape[1]}.")
-  labels = _class_ids(train_labels, "train_labels", train.shape[0])
-  if num_classes is None:
-    num_classes = int(labels.max()) + 1
-  if num_classes < 1 or labels.max() >= num_classes:
-    raise ValueError(f"`num_classes`={num_classes} must exceed every train label (max "
-                     f"{labels.max()}).")
-  if not 1 <= k <= train.shape[0]:
-    raise ValueError(f"`k`={k} must be in [1, number of training examples={train.shape[0]}].")
+  train, query, labels, num_classes = _checked_inputs(train_features, train_labels,
+                                                      query_features, k, num_classes)
   if not (np.isfinite(temperature) and temperature > 0):
     raise ValueError(f"`temperature` must be a finite number > 0; got {temperature!r}.")
   if chunk < 1:
@@ -153,15 +160,8 @@ def l2_knn_classify(train_features, train_labels, query_features, *, k: int,
   neighbours are those of highest cosine similarity. Distance ties: the lower training index
   first; vote ties: the lowest class id (scikit-learn's ``mode``). float64 NumPy on the host.
   """
-  train = host_matrix(train_features, "train_features")
-  query = host_matrix(query_features, "query_features")
-  if query.shape[1] != train.shape[1]:
-    raise ValueError(f"`query_features` dim {query.shape[1]} must equal `train_features` dim "
-                     f"{train.shape[1]}.")
-  labels = _class_ids(train_labels, "train_labels", train.shape[0])
-  num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-  if isinstance(k, bool) or not 1 <= int(k) <= train.shape[0]:
-    raise ValueError(f"`k`={k} must be in [1, number of training examples={train.shape[0]}].")
+  train, query, labels, num_classes = _checked_inputs(train_features, train_labels,
+                                                      query_features, k, num_classes)
   unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   train, query = unit(train), unit(query)
   sq_train = np.sum(train ** 2, axis=1)
