@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,8 +67,12 @@ def ref_prototypes(features, mask, window, threshold, foreground):
   return protos
 
 
-def ref_scores(query, protos, t=0.05, scale=20.0):
-  """Eqs. 7.4-7.10 pixel by pixel: centre, normalise, softmax over prototypes, aggregate, score."""
+def ref_scores(query, protos, t=0.05, scale=20.0, top_percent=100.0):
+  """Eqs. 7.4-7.10 pixel by pixel: centre, normalise, softmax over prototypes, aggregate, score.
+
+  ``top_percent`` < 100: each query pixel keeps "the Top-k% most similar prototypes" (Sec. 7.5.4.3,
+  Table 7.4): the k = max(1, ceil(k% of N)) of highest cosine with the pixel, softmax over them only.
+  """
   def cn(v):
     v = v - v.mean()
     return v / max(np.linalg.norm(v), 1e-4)
@@ -76,13 +81,15 @@ def ref_scores(query, protos, t=0.05, scale=20.0):
   if not protos:
     return out
   p = np.stack([cn(v) for v in protos])
+  k = max(1, math.ceil(top_percent / 100 * len(protos)))
   for i in range(h):
     for j in range(w):
       q = cn(query[i, j])
       corr = p @ q
-      e = np.exp((corr - corr.max()) / t)
+      keep = np.argsort(-corr, kind='stable')[:k]
+      e = np.exp((corr[keep] - corr[keep].max()) / t)
       prob = e / e.sum()
-      out[i, j] = scale * q @ (prob[:, None] * p).sum(0)
+      out[i, j] = scale * q @ (prob[:, None] * p[keep]).sum(0)
   return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from contrastive_jax.projects.cowpro import model as cmodel
 from tests.test_cowpro import _write_chaos
 from tests.test_cowpro import chaos_config
 from tests.test_cowpro import ref_prototypes
+from tests.test_cowpro import ref_scores
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,30 +35,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------------------------------
 # Top-k% of the prototypes (Table 7.4).
-
-def ref_scores_top(query, protos, top_percent, t=0.05, scale=20.0):
-  """Eqs. 7.4-7.10 where each query pixel keeps "the Top-k% most similar prototypes" (Sec. 7.5.4.3):
-  the k = max(1, ceil(k% of N)) prototypes of highest cosine with the pixel, softmax over them only,
-  aggregate, score."""
-  def cn(v):
-    v = v - v.mean()
-    return v / max(np.linalg.norm(v), 1e-4)
-  h, w, _ = query.shape
-  out = np.zeros((h, w))
-  if not protos:
-    return out
-  p = np.stack([cn(v) for v in protos])
-  k = max(1, math.ceil(top_percent / 100 * len(protos)))
-  for i in range(h):
-    for j in range(w):
-      q = cn(query[i, j])
-      corr = p @ q
-      keep = np.argsort(-corr, kind='stable')[:k]
-      e = np.exp((corr[keep] - corr[keep].max()) / t)
-      prob = e / e.sum()
-      out[i, j] = scale * q @ (prob[:, None] * p[keep]).sum(0)
-  return out
-
 
 def _episode(seed=0, size=8, dim=6):
   rng = np.random.default_rng(seed)
@@ -79,8 +55,8 @@ def test_top_percent_aggregation_matches_reference():
       top_percent=pct))(args[0], args[1], args[2])
   # Table 7.4's 100 % (the method as trained), 10 % (k = 3 of 21 FG, 5 of 44 BG) and 2 % (k = 1).
   for top_percent in (100.0, 10.0, 2.0):
-    expected = np.stack([ref_scores_top(query, bg, top_percent),
-                         ref_scores_top(query, fg, top_percent)], -1)
+    expected = np.stack([ref_scores(query, bg, top_percent=top_percent),
+                         ref_scores(query, fg, top_percent=top_percent)], -1)
     np.testing.assert_allclose(logits(top_percent), expected, atol=5e-4, err_msg=str(top_percent))
 
 
