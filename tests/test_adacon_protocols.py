@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -34,9 +32,9 @@ from tests.test_paper_configs import write_bmd
 from tests.test_sources import _csv
 from tests.test_sources import _image
 from tests.test_sources import _png
+from tests import launch_process
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_external(root, num=14, side=20):
@@ -205,25 +203,22 @@ def get_config(variant):
 """
 
 
-@pytest.mark.slow
-def test_two_stage_and_external_validation_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("folds", [(0,), pytest.param((0, 1), marks=pytest.mark.slow)])
+def test_two_stage_and_external_validation_from_the_command_line(tmp_path, folds):
   """`python -m launch` runs stage 1 (:bmd_pretrain) and stage 2 (:bmd_finetune, init_from stage 1)
-  for two folds, then `python -m contrastive_jax.train.external` ensembles the two fine-tuned fold
-  models on the external list."""
+  per fold, then `python -m contrastive_jax.train.external` ensembles the fine-tuned fold models on
+  the external list. The default suite runs one fold (the ensemble of one model), the slow suite
+  two."""
   root = write_external(write_bmd(tmp_path / "data"))
-  config = tmp_path / "tiny_bmd.py"
-  config.write_text(TINY_BMD)
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, check=True,
-                                     capture_output=True, text=True, timeout=600)
+  config = launch_process.config_file(tmp_path / "tiny_bmd.py", TINY_BMD)
   finetuned = []
-  for fold in (0, 1):
+  for fold in folds:
     stage1, stage2 = str(tmp_path / f"pretrain{fold}"), str(tmp_path / f"fold{fold}")
     common = [f"--config.data.root={root}", f"--config.data.kwargs.fold={fold}"]
-    run("launch", f"--config={config}:bmd_pretrain", f"--workdir={stage1}", *common)
-    done = run("launch", f"--config={config}:bmd_finetune", f"--workdir={stage2}",
-               f"--config.model.init_from={stage1}", *common)
-    assert "Initialised from the checkpoint" in done.stdout
+    launch_process.launch(f"--config={config}:bmd_pretrain", f"--workdir={stage1}", *common)
+    done = launch_process.launch(f"--config={config}:bmd_finetune", f"--workdir={stage2}",
+                           f"--config.model.init_from={stage1}", *common)
+    assert "Initialised from the checkpoint" in done.stdout + done.stderr
     with open(os.path.join(stage1, "results.json"), encoding="utf-8") as f:
       assert json.load(f)["eval_with"] == "ridge"  # stage 1: frozen-feature probe
     with open(os.path.join(stage2, "results.json"), encoding="utf-8") as f:
@@ -231,10 +226,11 @@ def test_two_stage_and_external_validation_from_the_command_line(tmp_path):
     assert saved["method"] == "none" and np.isfinite(saved["test"]["mae"])
     finetuned.append(stage2)
   output = str(tmp_path / "external")
-  done = run("contrastive_jax.train.external", f"--config={config}:bmd",
-             f"--workdirs={','.join(finetuned)}", f"--external_root={root}",
-             '--external_kwargs={"csv_path": "external.csv"}', f"--output={output}")
+  done = launch_process.run_module(
+      "contrastive_jax.train.external", f"--config={config}:bmd",
+      f"--workdirs={','.join(finetuned)}", f"--external_root={root}",
+      '--external_kwargs={"csv_path": "external.csv"}', f"--output={output}")
   with open(os.path.join(output, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
-  assert results["num_examples"] == 14 and len(results["per_fold"]) == 2
+  assert results["num_examples"] == 14 and len(results["per_fold"]) == len(folds)
   assert np.isfinite(results["ensemble"]["mae"]) and "MAE" in done.stdout

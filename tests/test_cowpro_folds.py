@@ -13,9 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,9 +25,9 @@ from tests.test_cowpro import _write_chaos
 from tests.test_cowpro import chaos_config
 from tests.test_cowpro import ref_prototypes
 from tests.test_cowpro import ref_scores
+from tests import launch_process
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,43 +179,51 @@ def test_combine_folds_refuses_inconsistent_sets(tmp_path):
   assert cv.main([str(tmp_path / 'missing')]) == 2
 
 
-@pytest.mark.slow
-def test_five_fold_chaos_runs_through_the_launcher_and_combine(tmp_path):
+TINY_CHAOS = """
+from configs import cowpro
+def get_config():
+  c = cowpro.get_config("chaos")
+  c.data.size, c.data.superpixels.min_size, c.augment.shift = 32, 10, 2.0
+  c.model.encoder, c.model.in_channels, c.model.feature_dim = "conv", 1, 8
+  c.model.encoder_kwargs = {"features": (8, 8), "strides": (2, 2)}
+  c.prototypes.window = 2
+  c.num_train_steps, c.eval.batch_size = 2, 4
+  c.log_every = c.eval_every = c.checkpoint_every = 100
+  return c
+"""
+
+
+@pytest.mark.parametrize('num_folds', [2, pytest.param(5, marks=pytest.mark.slow)])
+def test_cross_validation_runs_through_the_launcher_and_combine(tmp_path, capsys, num_folds):
   """The :chaos paper variant, shrunk, run fold by fold by `python -m launch` on a generated CHAOS
-  tree, then combined by the command line: Dice per fold and mean +- std."""
+  tree (10 patients), then combined by the cross-validation command: Dice per fold and mean +- std.
+  The default suite runs 2 folds (the same code path as the paper's 5, at 2 processes' cost); the
+  slow suite the variant's own 5."""
   _write_chaos(tmp_path / 'chaos')
-  config = tmp_path / 'tiny_chaos.py'
-  config.write_text(
-      'from configs import cowpro\n'
-      'def get_config():\n'
-      '  c = cowpro.get_config("chaos")\n'
-      '  c.data.size, c.data.superpixels.min_size, c.augment.shift = 32, 10, 2.0\n'
-      '  c.model.encoder, c.model.in_channels, c.model.feature_dim = "conv", 1, 8\n'
-      '  c.model.encoder_kwargs = {"features": (8, 8), "strides": (2, 2)}\n'
-      '  c.prototypes.window = 2\n'
-      '  c.num_train_steps, c.eval.batch_size = 2, 4\n'
-      '  c.log_every = c.eval_every = c.checkpoint_every = 100\n'
-      '  return c\n')
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  config = launch_process.config_file(tmp_path / 'tiny_chaos.py', TINY_CHAOS)
   workdirs = []
-  for fold in range(5):
+  for fold in range(num_folds):
     workdir = str(tmp_path / f'fold{fold}')
-    subprocess.run([sys.executable, '-m', 'launch', f'--config={config}', f'--workdir={workdir}',
+    launch_process.launch(f'--config={config}', f'--workdir={workdir}',
                     f'--config.data.root={tmp_path / "chaos"}', f'--config.data.fold={fold}',
-                    '--config.eval.top_percent=50'],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+                    f'--config.data.num_folds={num_folds}', '--config.eval.top_percent=50',
+                    f'--config.data.cache_dir={tmp_path / "superpixels"}')  # shared by the folds
     workdirs.append(workdir)
     with open(os.path.join(workdir, 'results.json'), encoding='utf-8') as f:
       results = json.load(f)
-    assert results['cross_validation'] == {'fold': fold, 'num_folds': 5, 'seed': 0}
-    assert results['protocol']['top_percent'] == 50.0 and len(results['eval_scans']) == 2
+    assert results['cross_validation'] == {'fold': fold, 'num_folds': num_folds, 'seed': 0}
+    assert results['protocol']['top_percent'] == 50.0
+    assert len(results['eval_scans']) == 10 // num_folds
   out = tmp_path / 'cv.json'
-  done = subprocess.run([sys.executable, '-m', 'contrastive_jax.projects.cowpro.crossval',
-                         *workdirs, f'--output={out}'], cwd=REPO, env=env, check=True,
-                        capture_output=True, text=True, timeout=120)
+  assert cv.main([*workdirs, f'--output={out}']) == 0
   combined = json.loads(out.read_text())
-  assert [f['fold'] for f in combined['folds']] == list(range(5))
+  assert [f['fold'] for f in combined['folds']] == list(range(num_folds))
   scans = [s for f in combined['folds'] for s in f['eval_scans']]
   assert sorted(scans, key=int) == [str(p) for p in range(1, 11)]  # each scan evaluated once
   assert set(combined['mean']) == set(ORGANS) | {'mean_dice'}
-  assert all(0.0 <= v <= 1.0 for v in combined['mean'].values()) and 'mean' in done.stdout
+  assert set(combined['std']) == set(ORGANS) | {'mean_dice'}
+  assert all(0.0 <= v <= 1.0 for v in combined['mean'].values())
+  for organ in ORGANS:
+    dice = [f['dice'][organ] for f in combined['folds']]
+    np.testing.assert_allclose(combined['mean'][organ], np.mean(dice), rtol=1e-6)
+  assert 'mean' in capsys.readouterr().out

@@ -2,9 +2,12 @@
 downstream task (``configs/mrnet.py``, ``projects/mrnet``) and the plane ensemble (Eq. 3.1-3.4,
 4.19-4.20).
 
-The default suite shares one fixture tree (14 tiny volumes, 5-8 slices of 8x8) and one tiny BCL
-pretraining run, which the Ch. 4 fine-tuning run starts from; the Ch. 3 runs (9-branch nets) and the
-command-line run are in the slow suite.
+The default suite shares one fixture tree (14 tiny volumes, 5-8 slices of 8x8) and runs the thesis'
+chains as their documented commands (``python -m launch`` processes on shrunk configs, written as
+config files below): Ch. 4 = a BCL pretraining run, then a fine-tuning run from it, then the
+ensemble; Ch. 3 = a jigsaw (SKID-v3) pretext run on the MRNet slices, then the SKID downstream run on
+its frozen trunk. The slow suite adds a second Ch. 3 plane with the ensemble, SSLACL, and the
+paper-size encoders.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -40,9 +42,9 @@ from contrastive_jax.train import train_and_evaluate
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.state import TrainState
 from tests.test_paper_configs import check_run
-from tests.test_paper_configs import small_cnn
 from tests.test_paper_configs import tiny
 from tests.test_sources_media import _make_mrnet
+from tests import launch_process
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SIDE = 8  # the fixture's slices are 8 x 8
@@ -56,37 +58,97 @@ def mrnet_root(tmp_path_factory):
   return root
 
 
-@pytest.fixture(scope="module")
-def bcl_run(mrnet_root, tmp_path_factory):
-  """configs/bcl.py:mrnet (thesis Ch. 4 pretraining), tiny, on the fixture tree."""
-  config = small_cnn(tiny(bcl.get_config("mrnet")))
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(widths=(4, 8), dense_dim=8))
-  config.data.root = mrnet_root
-  config.data.kwargs.update(slices=4, size=SIDE)
-  config.data.augment.size = SIDE
-  config.batch_size = 4
-  config.eval_batch_size = 4
-  config.eval.knn_k = 3
-  config.optim.name = "sgd"
-  config.optim.lr = 0.01
-  workdir = str(tmp_path_factory.mktemp("bcl"))
-  return train_and_evaluate(config, workdir), workdir, config
+# The shrunk configs, as the config files the launcher processes read (``--config=<file>[:variant]``).
+TINY_BCL = """
+import ml_collections
+from configs import bcl
+def get_config():
+  c = bcl.get_config("mrnet")
+  c.model.encoder, c.model.proj_dim, c.model.proj_hidden_dim = "small_cnn", 16, 16
+  c.model.encoder_kwargs = ml_collections.ConfigDict(dict(widths=(4, 8), dense_dim=8))
+  c.data.kwargs.update(slices=4, size=8)
+  c.data.augment.size = 8
+  c.batch_size = c.eval_batch_size = 4
+  c.num_train_steps, c.log_every = 4, 2
+  c.eval_every = c.checkpoint_every = 2
+  c.eval.knn_k = 3
+  c.optim.name, c.optim.lr, c.optim.warmup_steps = "sgd", 0.01, 0
+  return c
+"""
 
-
-def tiny_downstream(variant, root, **fields):
-  """``configs/mrnet.py:<variant>`` shrunk for the fixture (as ``--config.<field>=`` overrides)."""
-  c = mrnet_config.get_config(variant)
-  c.data.root = root
-  c.data.size = SIDE
-  c.data.workers = 1
+TINY_DOWNSTREAM = """
+import ml_collections
+from configs import mrnet
+def get_config(variant):
+  c = mrnet.get_config(variant)
+  c.data.size, c.data.workers, c.augment.size = 8, 1, 8
   c.slices.train = c.slices.eval = 3
   c.slices.eval_draws = 2
   c.batch_size = c.eval_batch_size = 4
   c.num_train_steps = c.eval_every = c.checkpoint_every = 2
   c.log_every = 1
   c.optim.decay_boundaries = (0.5,)
-  c.eval.bootstrap_resamples = 20
-  c.eval.bootstrap_size = None
+  c.eval.bootstrap_resamples, c.eval.bootstrap_size = 20, None
+  if variant.startswith("table3"):  # the pretext nets at 1/128 width, small heads
+    c.model.width_factor = 1 / 128
+    c.batch_size = c.eval_batch_size = 2
+  if variant == "table3_3_skid":
+    c.model.lstm_features = (4, 4)
+  if variant.startswith("table3_10"):
+    c.model.conv_features, c.model.fc_features = ("max", 4, 8), (8,)
+    c.slices.train = c.slices.eval = 9
+  if variant.startswith("table4"):  # the small CNN of TINY_BCL, whose run it starts from
+    c.model.encoder = "small_cnn"
+    c.model.encoder_kwargs = ml_collections.ConfigDict(dict(widths=(4, 8), dense_dim=8))
+  return c
+"""
+
+TINY_PRETEXT = """
+from configs import jigsaw
+def get_config(variant):
+  c = jigsaw.get_config(variant)
+  c.data.kwargs.update(size=8, slices=4, workers=1)
+  c.jigsaw.update(crop_size=2, num_classes=4)
+  c.jigsaw.augment.translations = (0.0,)
+  c.model.width_factor = 1 / 128
+  c.batch_size = c.eval_batch_size = 4
+  c.max_eval_examples = 4
+  c.num_train_steps = c.eval_every = c.checkpoint_every = 2
+  c.optim.decay_boundaries = (0.5,)
+  return c
+"""
+
+
+def in_process(body, *args):
+  """The config a file of the launcher's format returns, built here (the same code as the process)."""
+  namespace = {}
+  exec(body, namespace)  # pylint: disable=exec-used
+  return namespace["get_config"](*args)
+
+
+@pytest.fixture(scope="module")
+def mrnet_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("MRNet"))
+  _make_mrnet(root)
+  return root
+
+
+@pytest.fixture(scope="module")
+def bcl_run(mrnet_root, tmp_path_factory):
+  """``python -m launch --config=<configs/bcl.py:mrnet shrunk>`` (thesis Ch. 4 pretraining) on the
+  fixture tree: (results.json, workdir, the config)."""
+  base = tmp_path_factory.mktemp("bcl")
+  workdir = str(base / "run")
+  launch_process.launch(f"--config={launch_process.config_file(base / 'tiny_bcl.py', TINY_BCL)}",
+                        f"--config.data.root={mrnet_root}", f"--workdir={workdir}")
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    return json.load(f), workdir, in_process(TINY_BCL)
+
+
+def tiny_downstream(variant, root, **fields):
+  """``configs/mrnet.py:<variant>`` shrunk as TINY_DOWNSTREAM (in process), with ``fields``."""
+  c = in_process(TINY_DOWNSTREAM, variant)
+  c.data.root = root
   for key, value in fields.items():
     section, _, name = key.rpartition(".")
     (c[section] if section else c)[name] = value
@@ -154,20 +216,18 @@ def test_bcl_mrnet_pretrains_and_writes_results(bcl_run):
 # --------------------------------------------------------------------------------------------------
 
 def test_ch4_fine_tuning_from_the_bcl_run_writes_metrics_with_intervals(bcl_run, mrnet_root,
-                                                                        tmp_path, caplog):
+                                                                        tmp_path):
   """``python -m launch --config=configs/mrnet.py:table4_4 --config.data.root=... --config.model.
-  init_from=<BCL workdir>`` (the launcher's trainer, in process), then the ensemble CLI."""
-  _, bcl_workdir, bcl_config = bcl_run
-  config = tiny_downstream("table4_4", mrnet_root, **{
-      "model.encoder": "small_cnn", "model.init_from": bcl_workdir, "augment.size": SIDE})
-  config.model.encoder_kwargs = bcl_config.model.encoder_kwargs
+  init_from=<BCL workdir>`` (shrunk), then the ensemble command over it and a second "plane"."""
+  _, bcl_workdir, _ = bcl_run
+  config = launch_process.config_file(tmp_path / "tiny_mrnet.py", TINY_DOWNSTREAM)
   workdir = str(tmp_path / "coronal_acl")
-  with caplog.at_level("INFO", logger="contrastive_jax"):
-    results = launcher._trainer(config.task)(config, workdir)  # pylint: disable=protected-access
-  assert "Initialised from the checkpoint" in caplog.text and "0 head" in caplog.text
+  done = launch_process.launch(f"--config={config}:table4_4", f"--config.data.root={mrnet_root}",
+                               f"--config.model.init_from={bcl_workdir}", f"--workdir={workdir}")
+  log = done.stdout + done.stderr
+  assert "Initialised from the checkpoint" in log and "0 head" in log
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     saved = json.load(f)
-  assert saved == json.loads(json.dumps(results))
   assert (saved["task"], saved["arch"], saved["tasks"], saved["plane"]) == (
       "mrnet", "slice_max", ["acl"], "sagittal")
   check_report(saved["test"]["acl"], 4)  # MRNet's 'valid' exams of the fixture
@@ -321,7 +381,7 @@ def test_bad_configs_are_one_clear_error(mrnet_root, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# Ch. 3 downstream (slow: 9-branch nets), the command line
+# Ch. 3 downstream: a pretext run, then the downstream runs on its frozen weights
 # --------------------------------------------------------------------------------------------------
 
 def pretext_workdir(path, variant, width_factor):
@@ -341,57 +401,53 @@ def pretext_workdir(path, variant, width_factor):
 
 
 def jigsaw_mrnet_run(path, root, variant):
-  """configs/jigsaw.py:<variant>_mrnet (the pretext on MRNet slices), tiny, on the fixture."""
-  from contrastive_jax.projects.jigsaw.task import train_pretext  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  """``python -m launch --config=<configs/jigsaw.py:<variant>_mrnet shrunk>`` (the pretext on the
+  MRNet slices) on the fixture: (workdir, its final state)."""
   from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  c = jigsaw_config.get_config(f"{variant}_mrnet")
-  c.data.root = root
-  c.data.kwargs.update(size=SIDE, slices=4, workers=1)
-  c.jigsaw.update(crop_size=2, num_classes=4, cache_dir=str(path / "perms"))
-  c.jigsaw.augment.translations = (0.0,)
-  c.model.width_factor = 1 / 128
-  c.batch_size = c.eval_batch_size = 4
-  c.max_eval_examples = 4
-  c.num_train_steps = c.eval_every = c.checkpoint_every = 2
-  c.optim.decay_boundaries = (0.5,)
-  results = train_pretext(c, str(path))
+  config = launch_process.config_file(path.parent / "tiny_jigsaw.py", TINY_PRETEXT)
+  launch_process.launch(f"--config={config}:{variant}_mrnet", f"--config.data.root={root}",
+                        f"--config.jigsaw.cache_dir={path.parent / 'perms'}", f"--workdir={path}")
+  with open(path / "results.json", encoding="utf-8") as f:
+    results = json.load(f)
   assert results["dataset"] == "mrnet" and results["steps"] == 2
   state, _ = load_checkpoint(str(path / "checkpoints"))
   return str(path), state
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["table3_3_skid", "table3_10_sslacl"])
-def test_ch3_downstream_from_a_pretext_run(mrnet_root, tmp_path, variant):
-  """SKID (a jigsaw run on the MRNet slices, then ConvLSTM on its frozen trunk, 3 tasks, two planes
-  + their ensemble) and SSLACL (Divide-and-Teach, ACL, from a generated pretext workdir): the
-  pretext weights are copied and stay frozen."""
+@pytest.mark.parametrize("variant,planes", [
+    ("table3_3_skid", ("axial",)),
+    pytest.param("table3_3_skid", ("axial", "sagittal"), marks=pytest.mark.slow),
+    pytest.param("table3_10_sslacl", ("sagittal",), marks=pytest.mark.slow)])
+def test_ch3_downstream_from_a_pretext_run(mrnet_root, tmp_path, variant, planes):
+  """SKID: a jigsaw (SKID-v3) pretext run on the MRNet slices, then the ConvLSTM downstream run on
+  its frozen trunk (3 tasks) per plane, each a `python -m launch` process; with two planes, their
+  ensemble. SSLACL (slow): Divide-and-Teach for ACL from a generated pretext workdir. The pretext
+  weights are copied and stay frozen."""
   from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   skid = variant == "table3_3_skid"
   if skid:
     pretext, variables = jigsaw_mrnet_run(tmp_path / "pretext", mrnet_root, "skid_v3")
   else:
     pretext, variables = pretext_workdir(tmp_path / "pretext", "sslacl", 1 / 128)
-  fields = {"model.width_factor": 1 / 128, "model.init_from": pretext, "batch_size": 2,
-            "eval_batch_size": 2}
-  if skid:
-    fields["model.lstm_features"] = (4, 4)
-  else:
-    fields.update({"model.conv_features": ("max", 4, 8), "model.fc_features": (8,),
-                   "slices.train": 9, "slices.eval": 9})
+  config = launch_process.config_file(tmp_path / "tiny_mrnet.py", TINY_DOWNSTREAM)
+  tasks = mrnet_config.get_config(variant).data.tasks
   runs = []
-  for plane in ("axial", "sagittal") if skid else ("sagittal",):
-    config = tiny_downstream(variant, mrnet_root, **fields, **{"data.plane": plane})
+  for plane in planes:
     workdir = str(tmp_path / plane)
-    results = launcher._trainer("mrnet")(config, workdir)  # pylint: disable=protected-access
-    for task in config.data.tasks:
+    launch_process.launch(f"--config={config}:{variant}", f"--config.data.root={mrnet_root}",
+                          f"--config.data.plane={plane}", f"--config.model.init_from={pretext}",
+                          f"--workdir={workdir}")
+    with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+      results = json.load(f)
+    assert results["plane"] == plane and tuple(results["tasks"]) == tuple(tasks)
+    for task in tasks:
       check_report(results["test"][task], 4)
     state, _ = load_checkpoint(os.path.join(workdir, "checkpoints"))
     sub = "trunk" if skid else "branches"
     for coll in ("params", "batch_stats"):  # copied and frozen
       jax.tree.map(np.testing.assert_array_equal, state[coll][sub], variables[coll][sub])
     runs.append(workdir)
-  if skid:
+  if len(runs) > 1:
     combined = ensemble.combine(runs, num_resamples=10, resample_size=None)
     assert set(combined["tasks"]) == {"abnormal", "acl", "meniscus"}
     for r in combined["tasks"].values():
@@ -424,7 +480,8 @@ def test_bcl_mrnet_starts_from_imagenet_format_weights(mrnet_root, tmp_path, cap
 
 @pytest.mark.slow
 def test_launch_command_line(mrnet_root, tmp_path):
-  """The documented command, as a process: results.json with AUC / sens / spec intervals."""
+  """The documented command on the paper config itself (its ResNet family at width 4), as a
+  process: results.json with AUC / sens / spec intervals."""
   workdir = tmp_path / "run"
   overrides = ["--config.data.size=8", "--config.data.workers=1", "--config.slices.train=3",
                "--config.slices.eval=3", "--config.slices.eval_draws=2", "--config.batch_size=4",
@@ -433,12 +490,8 @@ def test_launch_command_line(mrnet_root, tmp_path):
                "--config.model.encoder=resnet18", "--config.model.encoder_kwargs.num_filters=4",
                "--config.augment.size=8",
                "--config.eval.bootstrap_resamples=10", "--config.data.tasks=('meniscus',)"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "launch", "--config=configs/mrnet.py:table4_4",
-                         f"--config.data.root={mrnet_root}", *overrides, f"--workdir={workdir}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                        check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  launch_process.launch("--config=configs/mrnet.py:table4_4", f"--config.data.root={mrnet_root}",
+                        *overrides, f"--workdir={workdir}")
   with open(workdir / "results.json", encoding="utf-8") as f:
     check_report(json.load(f)["test"]["meniscus"], 4)
   shutil.rmtree(workdir)

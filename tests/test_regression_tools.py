@@ -466,6 +466,14 @@ def test_regression_metrics_keys_and_values():
   np.testing.assert_allclose(regression_metrics(p[:, None], t)['spearman'], m['spearman'])
 
 
+def test_average_ranks_are_scipys_rankdata():
+  from contrastive_jax.evaluate.metrics import average_ranks  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  for x in (rng.integers(0, 4, size=31).astype(float), rng.normal(size=17), np.ones(5),
+            np.array([2.5]), np.array([-0.0, 0.0, 1e-300, -1e300])):
+    np.testing.assert_array_equal(average_ranks(x), stats.rankdata(x))
+
+
 def test_shot_metrics_hand_built():
   # training counts per integer bin: 10 -> 150 (many), 20 -> 101 (many), 30 -> 100 (medium),
   # 40 -> 20 (medium), 50 -> 19 (few), 60 -> 0 (few)

@@ -4,16 +4,15 @@ fine-tuning (Tables 5.6-5.7 / 6.11-6.12).
 The pipelines run end to end on generated Fashion-MNIST-format IDX files and scikit-learn's bundled
 digits: a long-tailed SimCLR pretraining (``configs/simclr.py:fashion_mnist_lt``) and the
 fine-tuning of its encoder on the digits (``configs/transfer.py:digits`` with ``model.init_from``),
-both tiny: in the default suite through the trainers with a small MLP encoder, in the slow suite
-through ``python -m launch`` with the variants' own ResNet-18.
+both tiny and both through ``python -m launch``: in the default suite with a small MLP encoder (config
+files shrinking the variants), in the slow suite with the variants' own ResNet-18 (``--config.*``
+overrides of the documented commands).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -25,10 +24,9 @@ from contrastive_jax.data.long_tail import long_tail_counts
 from contrastive_jax.data.long_tail import long_tail_rows
 from contrastive_jax.evaluate.knn import l2_knn_classify
 from contrastive_jax.train import finetune
-from contrastive_jax.train import train_and_evaluate
+from tests import launch_process
 from tests.test_ssl_configs import _fake_fashion_mnist
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_long_tail_counts_are_the_cifar_lt_profile():
@@ -97,85 +95,84 @@ def test_finetune_config_checks():
   assert isinstance(transfer.get_config().finetune, ml_collections.ConfigDict)
 
 
-def _mlp(config):
-  """A one-layer MLP encoder on the flattened 28x28 images: a CNN's compilation would take most of
-  the default suite's budget for these tests (the slow test runs the variants' ResNet-18)."""
-  config.model.encoder = "mlp"
-  config.model.encoder_kwargs = ml_collections.ConfigDict(dict(hidden_sizes=(32,)))
-  return config
+# The variants shrunk to a one-layer MLP on the flattened 28x28 images (a CNN's compilation would take
+# most of the default suite's budget for these tests; the slow test runs the variants' ResNet-18)
+# and, for pretraining, the translation / noise augmentation instead of SimCLR's crop-and-jitter
+# pipeline (a third of the compile time).
+TINY_LT = """
+import ml_collections
+from configs import simclr
+def get_config():
+  c = simclr.get_config("fashion_mnist_lt")
+  c.model.encoder = "mlp"
+  c.model.encoder_kwargs = ml_collections.ConfigDict(dict(hidden_sizes=(32,)))
+  c.model.proj_dim, c.model.proj_hidden_dim = 16, 16
+  c.data.augment_kind, c.data.augment = "image", ml_collections.ConfigDict()
+  c.data.long_tail_ratio = 4.0
+  c.data.kwargs.val_size = 40
+  c.batch_size, c.eval_batch_size, c.num_train_steps = 16, 40, 2
+  c.optim.warmup_steps, c.eval.linear_probe_steps = 0, 5
+  c.log_every = c.eval_every = c.checkpoint_every = 2
+  return c
+"""
+
+TINY_TRANSFER = """
+import ml_collections
+from configs import transfer
+def get_config():
+  c = transfer.get_config("digits")  # digits zoomed to 28x28: the same 784 inputs
+  c.model.encoder = "mlp"
+  c.model.encoder_kwargs = ml_collections.ConfigDict(dict(hidden_sizes=(32,)))
+  c.batch_size, c.eval_batch_size, c.num_train_steps = 32, 280, 2
+  c.log_every = c.eval_every = c.checkpoint_every = 2
+  return c
+"""
 
 
-def _pretrain_long_tailed(root, workdir):
-  """``simclr.py:fashion_mnist_lt`` on the fixture IDX files, shrunk to a small MLP, 2 steps."""
-  from configs import simclr  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  config = _mlp(simclr.get_config("fashion_mnist_lt"))
-  # The translation / noise augmentation instead of the SimCLR crop-and-jitter pipeline (a third of
-  # the compile time); the slow launcher test runs the variant's own.
-  config.data.augment_kind, config.data.augment = "image", ml_collections.ConfigDict()
-  config.data.root = root
-  config.data.long_tail_ratio = 4.0
-  config.data.kwargs.val_size = 40
-  config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 40, 2
-  config.optim.warmup_steps, config.eval.linear_probe_steps = 0, 5
-  config.model.proj_dim, config.model.proj_hidden_dim = 16, 16
-  config.log_every = config.eval_every = config.checkpoint_every = 2
-  return train_and_evaluate(config, workdir)
-
-
-def _transfer(init_from, workdir):
-  from configs import transfer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  config = _mlp(transfer.get_config("digits"))  # digits zoomed to 28x28: the same 784 inputs
-  config.model.init_from = init_from
-  config.batch_size, config.eval_batch_size, config.num_train_steps = 32, 280, 2
-  config.log_every = config.eval_every = config.checkpoint_every = 2
-  return finetune.train_finetune(config, workdir)
-
-
-@pytest.mark.usefixtures("fast_compile")
 def test_long_tailed_pretraining_then_transfer(tmp_path):
-  """``simclr.py:fashion_mnist_lt`` writes l2 1-NN / 10-NN top-1 (kNN bank: the long-tailed split);
-  ``transfer.py:digits`` copies its encoder (``model.init_from``) and writes top-1 / top-5."""
+  """``python -m launch --config=<simclr.py:fashion_mnist_lt shrunk>`` writes l2 1-NN / 10-NN top-1
+  (kNN bank: the long-tailed split); ``<transfer.py:digits shrunk> --config.model.init_from=<it>``
+  copies its encoder and writes top-1 / top-5."""
   root = _fake_fashion_mnist(tmp_path / "data", num_train=200, num_test=40)
   pre = str(tmp_path / "pre")
-  lt = _pretrain_long_tailed(root, pre)
+  launch_process.launch(f"--config={launch_process.config_file(tmp_path / 'lt.py', TINY_LT)}",
+                        f"--config.data.root={root}", f"--workdir={pre}")
+  with open(os.path.join(pre, "results.json"), encoding="utf-8") as f:
+    lt = json.load(f)
   assert {"knn_top1", "l2_knn1_top1", "l2_knn10_top1"} <= set(lt["test"])
   assert all(0.0 <= v <= 1.0 for v in lt["test"].values())
-  results = _transfer(pre, str(tmp_path / "transfer"))
-  with open(tmp_path / "transfer" / "results.json", encoding="utf-8") as f:
-    assert json.load(f) == json.loads(json.dumps(results))
+  out = str(tmp_path / "transfer")
+  config = launch_process.config_file(tmp_path / "transfer.py", TINY_TRANSFER)
+  done = launch_process.launch(f"--config={config}", f"--config.model.init_from={pre}",
+                               f"--workdir={out}")
+  assert "Initialised from the checkpoint" in done.stdout + done.stderr
+  with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+    results = json.load(f)
   assert results["task"] == "finetune" and results["num_classes"] == 10
   assert results["init_from"] == pre and set(results["test"]) == {"top1", "top5"}
   assert 0.0 <= results["test"]["top1"] <= results["test"]["top5"] <= 1.0
   assert results["steps"] == 2 and results["train_examples"] == 1257
 
 
-def _launch(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-  proc = subprocess.run([sys.executable, "-m", "launch", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
-
-
 @pytest.mark.slow  # two launcher processes compiling ResNet-18: ~40-60 s on 2 CPU cores
-def test_long_tailed_pretraining_then_transfer_through_the_launcher(tmp_path):
-  """The same two pipelines as the documented commands: ``python -m launch`` with the variants'
-  own ResNet-18 (width 4)."""
+def test_long_tailed_pretraining_then_transfer_with_the_variants_resnet18(tmp_path):
+  """The documented commands themselves, with the variants' own ResNet-18 (width 4)."""
   root = _fake_fashion_mnist(tmp_path / "data", num_train=200, num_test=40)
   pre = str(tmp_path / "pre")
   tiny = ["--config.model.encoder_kwargs.num_filters=4", "--config.optim.warmup_steps=0",
           "--config.log_every=2", "--config.eval_every=2", "--config.checkpoint_every=2",
           "--config.num_train_steps=2"]
-  _launch("--config=configs/simclr.py:fashion_mnist_lt", f"--workdir={pre}",
-          f"--config.data.root={root}", "--config.data.long_tail_ratio=4", "--config.batch_size=16",
-          "--config.data.kwargs.val_size=40", "--config.eval_batch_size=40",
-          "--config.eval.linear_probe_steps=5", *tiny)
+  launch_process.launch(
+      "--config=configs/simclr.py:fashion_mnist_lt", f"--workdir={pre}",
+      f"--config.data.root={root}", "--config.data.long_tail_ratio=4", "--config.batch_size=16",
+      "--config.data.kwargs.val_size=40", "--config.eval_batch_size=40",
+      "--config.eval.linear_probe_steps=5", *tiny)
   with open(os.path.join(pre, "results.json"), encoding="utf-8") as f:
     assert {"l2_knn1_top1", "l2_knn10_top1"} <= set(json.load(f)["test"])
   out = str(tmp_path / "transfer")
-  proc = _launch("--config=configs/transfer.py:digits", f"--workdir={out}",
-                 f"--config.model.init_from={pre}", "--config.data.kwargs.upsample=2",
-                 "--config.batch_size=32", *tiny)
+  proc = launch_process.launch("--config=configs/transfer.py:digits", f"--workdir={out}",
+                               f"--config.model.init_from={pre}", "--config.data.kwargs.upsample=2",
+                               "--config.batch_size=32", *tiny)
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
   assert results["init_from"] == pre and set(results["test"]) == {"top1", "top5"}

@@ -20,7 +20,6 @@ import os
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.special import logsumexp
 
 from contrastive_jax.evaluate.metrics import _correlation
 from contrastive_jax.evaluate.probe import host_matrix
@@ -84,6 +83,7 @@ def uniformity(features, t: float = 2.0) -> float:
   """
   if not (np.isfinite(t) and t > 0):
     raise ValueError(f"`t` must be a finite number > 0; got {t!r}.")
+  from scipy.special import logsumexp  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   z = _unit(host_matrix(features, "features", min_rows=2))
   n, chunk = z.shape[0], 1024
   block_lse = []

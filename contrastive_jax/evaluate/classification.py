@@ -13,8 +13,8 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import rankdata
 
+from contrastive_jax.evaluate.metrics import average_ranks
 from contrastive_jax.losses._checks import host_vector
 
 
@@ -44,7 +44,7 @@ def roc_auc(scores, labels) -> float:
   """
   s, y = _scores_labels(scores, labels)
   _both_classes(y, "ROC AUC")
-  ranks = rankdata(s)  # ties -> average rank
+  ranks = average_ranks(s)  # ties -> average rank
   num_pos, num_neg = int(y.sum()), int((~y).sum())
   return float((ranks[y].sum() - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
 

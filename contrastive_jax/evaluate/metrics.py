@@ -6,7 +6,6 @@ Everything is float64 NumPy on the host.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from contrastive_jax.losses._checks import host_vector
 
@@ -23,6 +22,14 @@ def _pair(predictions, targets, min_size: int):
     raise ValueError(f"`predictions` {p.shape} and `targets` {t.shape} must be equal-length 1-D "
                      f"arrays with at least {min_size} entr{'y' if min_size == 1 else 'ies'}.")
   return host_vector(p, "predictions"), host_vector(t, "targets")
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks of a finite 1-D array, tied values sharing their average rank (= scipy.stats.
+  rankdata's default, without importing SciPy's stats package, 0.4 s of every process' start)."""
+  _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+  ends = np.cumsum(counts)  # 1-based rank of each distinct value's last occurrence
+  return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,7 +49,7 @@ def regression_metrics(predictions, targets) -> dict:
   geometric mean of the absolute errors (imbalanced-regression papers; official code uses
   ``scipy.stats.gmean``), computed as ``exp(mean(log(|e| + 1e-12)))`` so an exact-zero error gives a
   tiny value instead of 0. ``spearman`` is the Pearson correlation of the ranks with ties averaged
-  (``scipy.stats.rankdata``, = ``scipy.stats.spearmanr``). Pearson, Spearman and R^2 are NaN-free: a
+  (:func:`average_ranks`, = ``scipy.stats.spearmanr``). Pearson, Spearman and R^2 are NaN-free: a
   constant vector gives 0. Non-finite inputs raise a ValueError naming the argument.
   """
   p, t = _pair(predictions, targets, 2)
@@ -55,7 +62,7 @@ def regression_metrics(predictions, targets) -> dict:
       "rmse": float(np.sqrt(mse)),
       "r2": 1.0 - mse / var if var > 0 else 0.0,
       "pearson": _correlation(p, t),
-      "spearman": _correlation(rankdata(p), rankdata(t)),
+      "spearman": _correlation(average_ranks(p), average_ranks(t)),
       "gmean": _gmean(np.abs(err)),
   }
 
