@@ -139,7 +139,8 @@ def test_long_tailed_pretraining_then_transfer(tmp_path):
                         f"--config.data.root={root}", f"--workdir={pre}")
   with open(os.path.join(pre, "results.json"), encoding="utf-8") as f:
     lt = json.load(f)
-  assert {"knn_top1", "l2_knn1_top1", "l2_knn10_top1"} <= set(lt["test"])
+  assert {"knn_top1", "knn_top5", "linear_probe_top1", "linear_probe_top5", "l2_knn1_top1",
+          "l2_knn10_top1"} <= set(lt["test"])
   assert all(0.0 <= v <= 1.0 for v in lt["test"].values())
   out = str(tmp_path / "transfer")
   config = launch_process.config_file(tmp_path / "transfer.py", TINY_TRANSFER)
