@@ -76,10 +76,6 @@ CASES = {
 }
 
 
-def _value_and_grad(fn, feats, labels, cdf, **mode):
-  return jax.jit(jax.value_and_grad(lambda f: fn(f, labels, cdf, **mode)))(feats)
-
-
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_blockwise_equals_dense_and_reference(name, fast_compile):
   del fast_compile
@@ -87,15 +83,18 @@ def test_blockwise_equals_dense_and_reference(name, fast_compile):
   feats, labels, cdf = _inputs()
   if name == 'accon_official':
     feats = _unit(feats).astype(np.float32)
-  dense_v, dense_g = _value_and_grad(fn, feats, labels, cdf, impl='dense')
+  tiles = [tile[0] if name == 'rnc' and not isinstance(tile, int) else tile  # RNC tiles anchors only
+           for tile in TILES]
+  # One program per case holds the dense and every tiled value and gradient (each is its own
+  # subgraph, as in separate programs): one compilation instead of four.
+  value_and_grad = lambda f, **mode: jax.value_and_grad(lambda f: fn(f, labels, cdf, **mode))(f)
+  (dense_v, dense_g), *tiled = jax.jit(lambda f: [value_and_grad(f, impl='dense')] + [
+      value_and_grad(f, impl='blockwise', tile=tile) for tile in tiles])(feats)
   if ref is not None:
     np.testing.assert_allclose(float(dense_v), ref(feats.astype(np.float64), labels, cdf),
                                rtol=2e-5)
   scale = float(jnp.max(jnp.abs(dense_g)))
-  for tile in TILES:
-    if name == 'rnc' and not isinstance(tile, int):
-      tile = tile[0]  # RNC tiles anchors only
-    value, grad = _value_and_grad(fn, feats, labels, cdf, impl='blockwise', tile=tile)
+  for tile, (value, grad) in zip(tiles, tiled):
     np.testing.assert_allclose(value, dense_v, rtol=1e-5, err_msg=f'{name} tile={tile}')
     np.testing.assert_allclose(grad, dense_g, rtol=1e-5, atol=1e-6 * scale,
                                err_msg=f'{name} tile={tile}')
@@ -107,9 +106,13 @@ def test_rnc_v_order_matches_per_row_sort_with_ties_and_tiny_temperature():
   feats = rng.normal(size=(24, 2, 6)).astype(np.float32)
   labels = rng.integers(0, 5, size=24).astype(np.float32)  # many ties
   labels[:3] = [0.1, 0.2, 0.30000001]
+  # One jitted program, the temperature traced (one compilation serves both temperatures; eager
+  # op-by-op dispatch compiled every primitive of both paths). The eager loss equals the jitted one
+  # in tests/test_losses.py::test_jit_matches_eager; this test compares the two label paths.
+  both = jax.jit(lambda f, t: (jax.value_and_grad(lambda f: L.rnc(f, labels, t))(f),
+                               jax.value_and_grad(lambda f: L.rnc(f, labels[:, None], t))(f)))
   for temperature in (2.0, 0.01):
-    v_value, v_grad = jax.value_and_grad(lambda f: L.rnc(f, labels, temperature))(feats)
-    s_value, s_grad = jax.value_and_grad(lambda f: L.rnc(f, labels[:, None], temperature))(feats)
+    (v_value, v_grad), (s_value, s_grad) = both(feats, temperature)
     assert np.isfinite(float(v_value))
     np.testing.assert_allclose(v_value, s_value, rtol=1e-5)
     np.testing.assert_allclose(v_grad, s_grad, rtol=1e-5, atol=1e-6 * np.abs(s_grad).max())
@@ -167,9 +170,11 @@ def test_bfloat16_matmul_error_is_small():
   feats, labels, cdf = _inputs(batch=256, dim=128)
   for name in ('supcon', 'simclr', 'accon', 'mio_v3'):
     fn = CASES[name][0]
-    exact_v, exact_g = _value_and_grad(fn, feats, labels, cdf, impl='blockwise', tile=64)
-    low_v, low_g = _value_and_grad(fn, feats, labels, cdf, impl='blockwise', tile=64,
-                                   matmul_dtype=jnp.bfloat16)
+    # One program per loss for both matmul dtypes (one compilation instead of two).
+    value_and_grad = lambda f, **mode: jax.value_and_grad(
+        lambda f: fn(f, labels, cdf, impl='blockwise', tile=64, **mode))(f)
+    (exact_v, exact_g), (low_v, low_g) = jax.jit(lambda f: (
+        value_and_grad(f), value_and_grad(f, matmul_dtype=jnp.bfloat16)))(feats)
     assert abs(float(low_v) - float(exact_v)) < 2e-2 * abs(float(exact_v)), name
     rel = float(jnp.linalg.norm(low_g - exact_g) / jnp.linalg.norm(exact_g))
     assert rel < 5e-2, (name, rel)

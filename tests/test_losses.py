@@ -6,6 +6,8 @@ non-unit norms, ACCon bins and official mode, RNC vector labels and exact distan
 inputs, invariances (batch / view permutation, feature scale, jit), and input validation.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.test_util import check_grads
@@ -216,11 +218,18 @@ def test_accon_epsilon_is_used():
   assert_scalar_close(got, R.accon_ref(f, y, ACCON_RANGE, 0.1, epsilon=1e-2))
 
 
+# Jitted with the temperature traced: one compilation per input shape serves both temperatures,
+# where the eager loss compiles its many primitives op by op for every new shape (2-4 s each). The
+# eager loss equals the jitted one in test_jit_matches_eager (value and gradient), and the eager RNC
+# tests below (vector labels, int labels, invariances) check eager values against the reference.
+_rnc_jit = jax.jit(cj.losses.rnc)
+
+
 @pytest.mark.parametrize('case_id', CASE_IDS)
 @pytest.mark.parametrize('temperature', [2.0, 0.5])
 def test_rnc_matches_reference(case_id, temperature):
   f, y = case_inputs(case_id)
-  got = cj.losses.rnc(f, y, temperature=temperature)
+  got = _rnc_jit(f, y, temperature)
   assert_scalar_close(got, R.rnc_ref(f, y, temperature))
 
 
@@ -246,7 +255,10 @@ def test_rnc_vector_labels_and_ties(seed, batch, views, label_kind):
   else:
     y = rng.integers(0, 4, size=(batch, 1))
   y = y.astype(np.float32)
-  assert_scalar_close(cj.losses.rnc(f, y), R.rnc_ref(f, y, 2.0))
+  # Scalar labels: the jitted loss of test_rnc_matches_reference (same shapes: no new compilation;
+  # eager == jit for scalar labels is test_jit_matches_eager[rnc]). Vector labels run eagerly.
+  got = _rnc_jit(f, y, 2.0) if y.ndim == 1 else cj.losses.rnc(f, y)
+  assert_scalar_close(got, R.rnc_ref(f, y, 2.0))
 
 
 def test_rnc_int_dtype_labels():
@@ -305,9 +317,11 @@ def test_check_grads_float64(x64, name):  # pylint: disable=redefined-outer-name
   fn = _grad_cases()[name]
   f = jnp.asarray(np.random.default_rng(60).normal(size=(4, 2, 3)))
   assert f.dtype == jnp.float64
-  assert fn(f).dtype == jnp.float64  # the losses follow x64
-  # jit: the eager (op-by-op) vjp of some losses is slow to dispatch; the math is the same
-  check_grads(jax.jit(fn), (f,), order=1, modes=['rev'], atol=1e-5, rtol=1e-5, eps=1e-5)
+  # jit: the eager (op-by-op) loss and vjp of some losses are slow to dispatch; the math is the
+  # same (eager == jit: test_jit_matches_eager), and the dtype check reuses check_grads' program.
+  jitted = jax.jit(fn)
+  assert jitted(f).dtype == jnp.float64  # the losses follow x64
+  check_grads(jitted, (f,), order=1, modes=['rev'], atol=1e-5, rtol=1e-5, eps=1e-5)
 
 
 @pytest.mark.parametrize('name', ['supcon', 'simclr', 'adacon', 'accon', 'accon_official', 'rnc',
@@ -331,15 +345,17 @@ def test_grad_matches_finite_difference_of_reference(x64, name):  # pylint: disa
       'rnc_vector': (lambda x: cj.losses.rnc(x, yv, 0.5), lambda x: R.rnc_ref(x, yv, 0.5)),
   }
   jax_fn, ref_fn = pairs[name]
-  np.testing.assert_allclose(float(jax_fn(jnp.asarray(f))), ref_fn(f), rtol=1e-12, atol=1e-12)
-  got = np.asarray(jax.jit(jax.grad(jax_fn))(jnp.asarray(f)))
-  np.testing.assert_allclose(got, central_difference(ref_fn, f), rtol=1e-6, atol=1e-7)
+  # One jitted program for the value and the gradient (eager == jit: test_jit_matches_eager).
+  value, got = jax.jit(jax.value_and_grad(jax_fn))(jnp.asarray(f))
+  np.testing.assert_allclose(float(value), ref_fn(f), rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(got), central_difference(ref_fn, f), rtol=1e-6, atol=1e-7)
 
 
 def test_float32_grad_matches_finite_difference_of_reference():
   """The float32 gradient is close to the float64 truth (loose: float32 rounding)."""
   f, y = case_inputs('ties_s0')
-  got = np.asarray(jax.grad(lambda x: cj.losses.supcon(x, y))(jnp.asarray(f)))
+  # jit: one compilation, not op-by-op dispatch of the vjp (eager == jit: test_jit_matches_eager)
+  got = np.asarray(jax.jit(jax.grad(lambda x: cj.losses.supcon(x, y)))(jnp.asarray(f)))
   assert got.dtype == np.float32
   expected = central_difference(lambda x: R.supcon_ref(x, y), f.astype(np.float64), h=1e-5)
   np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
@@ -403,14 +419,20 @@ EXTREME_LABELS = np.array([0, 0, 1, 2, 2, 3, 4.5, 5], np.float32)
 EXTREME = ['temperature_0.01', 'identical', 'norm_1e4', 'norm_1e-6', 'zeros', 'one_zero_row']
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_value_and_grad(name, temperature):
+  """One jitted loss per (name, temperature), shared by the kinds of input (all of one shape):
+  traced and compiled once instead of once per test."""
+  return jax.jit(jax.value_and_grad(_loss_fns(temperature)[name]))
+
+
 @pytest.mark.parametrize('kind', EXTREME)
 @pytest.mark.parametrize('name', LOSS_NAMES)
 def test_finite_for_extreme_inputs(name, kind):
   temperature = 0.01 if kind == 'temperature_0.01' else None
-  fn = _loss_fns(temperature)[name]
   f = jnp.asarray(extreme_features(kind))
   y = jnp.asarray(EXTREME_LABELS)
-  value, grad = jax.jit(jax.value_and_grad(fn))(f, y)
+  value, grad = _jitted_value_and_grad(name, temperature)(f, y)
   assert np.isfinite(float(value)), (name, kind, value)
   assert np.all(np.isfinite(np.asarray(grad))), (name, kind, grad)
 

@@ -45,11 +45,14 @@ def test_supcon_and_adacon_with_dystress_temperature_match_reference(views):
   y = np.array([0.0, 1.0, 1.0, 2.0, 3.0, 3.0], np.float32)
   cdf = np.array([0.1, 0.4, 0.4, 0.6, 0.9, 0.9], np.float32)
   tau = functools.partial(cj.losses.dystress_temperature, tau_min=0.07, tau_max=0.2)
-  np.testing.assert_allclose(cj.losses.supcon(f, y, temperature=tau, base_temperature=None),
-                             _reference(f, y), rtol=1e-5)
-  np.testing.assert_allclose(cj.losses.adacon(f, y, cdf, temperature=tau),
-                             _reference(f, y, cdf), rtol=1e-5)
-  grads = jax.grad(lambda x: cj.losses.supcon(x, y, temperature=tau, base_temperature=None))(f)
+  supcon = lambda x: cj.losses.supcon(x, y, temperature=tau, base_temperature=None)
+  # One jitted program for the three results (eager dispatch compiled every primitive op by op for
+  # each of the three shapes). Eager == jit for these losses is test_losses.py's
+  # test_jit_matches_eager, and the next test runs the callable temperature eagerly.
+  supcon_value, adacon_value, grads = jax.jit(
+      lambda x: (supcon(x), cj.losses.adacon(x, y, cdf, temperature=tau), jax.grad(supcon)(x)))(f)
+  np.testing.assert_allclose(supcon_value, _reference(f, y), rtol=1e-5)
+  np.testing.assert_allclose(adacon_value, _reference(f, y, cdf), rtol=1e-5)
   assert np.all(np.isfinite(grads))
 
 
