@@ -414,6 +414,42 @@ def jigsaw_mrnet_run(path, root, variant):
   return str(path), state
 
 
+def test_pretext_oversampling_balances_the_training_exams(mrnet_root, tmp_path, caplog):
+  """Table 3.11 "with oversampling" (``configs/jigsaw.py:sslacl_mrnet_oversampled``): the pretext's
+  training exams with the ACL minority drawn again until both classes are equally frequent, as a lazy
+  view; val / test untouched; only binary labels; old configs keep their identity."""
+  from contrastive_jax.data import load_dataset  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from contrastive_jax.data.sources.base import LazyArray  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from contrastive_jax.projects.jigsaw import task as jigsaw_task  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from contrastive_jax.train.run import config_identity  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from contrastive_jax.train.run import make_mesh  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  dataset = load_dataset("mrnet", seed=0, root=mrnet_root, size=SIDE, slices=4)
+  y = np.asarray(dataset.train.y)
+  over = jigsaw_task.oversampled_train(dataset, 0)
+  counts = np.bincount(over.train.y.astype(int), minlength=2)
+  assert counts[0] == counts[1] == np.bincount(y.astype(int)).max()
+  assert isinstance(over.train.x, LazyArray) and len(over.train.x) == len(over.train.y)
+  rows = mrnet_data.oversample_rows(y[:, None], 0)
+  np.testing.assert_array_equal(over.train.y, y[rows])
+  np.testing.assert_array_equal(over.train.x[np.arange(len(rows))], dataset.train.x[rows])
+  assert over.val is dataset.val and over.test is dataset.test
+  bad = dataset.__class__(**{**dataset.__dict__, "train": dataset.train.__class__(
+      x=dataset.train.x, y=y + 0.5)})
+  with pytest.raises(ValueError, match="data.oversample"):
+    jigsaw_task.oversampled_train(bad, 0)
+  c = jigsaw_config.get_config("sslacl_mrnet_oversampled")
+  assert c.data.oversample and c.num_train_steps == 50 * (2 * 830 // 32)
+  assert not jigsaw_config.get_config("sslacl_mrnet").data.oversample
+  assert "oversample" not in config_identity(jigsaw_config.get_config("sslacl_mrnet"))["data"]
+  # The task's training batches come from the balanced view.
+  c = in_process(TINY_PRETEXT, "sslacl_mrnet_oversampled")
+  c.data.root, c.jigsaw.cache_dir = mrnet_root, str(tmp_path / "perms")
+  with caplog.at_level("INFO", logger="contrastive_jax"):
+    task = jigsaw_task.jigsaw_task(c, make_mesh())
+  assert f"{len(y)} -> {2 * counts[0]} examples" in caplog.text
+  assert task.host_batch(0)["x"].shape == (c.batch_size, SIDE, SIDE, 1)
+
+
 @pytest.mark.parametrize("variant,planes", [
     ("table3_3_skid", ("axial",)),
     pytest.param("table3_3_skid", ("axial", "sagittal"), marks=pytest.mark.slow),

@@ -19,6 +19,7 @@ Writes ``metrics.jsonl`` + TensorBoard events, ``checkpoints/`` and ``results.js
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -31,11 +32,14 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import models
+from contrastive_jax.data import Split
 from contrastive_jax.data import eval_batches
 from contrastive_jax.data import load_dataset
 from contrastive_jax.data import train_batch
+from contrastive_jax.data.sources.base import subset
 from contrastive_jax.projects.jigsaw import data as jigsaw_data
 from contrastive_jax.projects.jigsaw import model as jigsaw_models
+from contrastive_jax.projects.mrnet.data import oversample_rows
 from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.optim import decay_mask
 from contrastive_jax.train.optim import exclude_bias_and_norm
@@ -87,6 +91,27 @@ def _grayscale(x: np.ndarray, name: str, volume: bool = False) -> np.ndarray:
   return x
 
 
+def oversampled_train(dataset, seed: int):
+  """``dataset`` whose training split has its minority class drawn again until both classes are
+  equally frequent (thesis Sec. 3.5.4.2 / Table 3.11, "with oversampling": the SSLACL pretext trained
+  on the ACL-balanced MRNet set, "an equal number of samples from both classes"), by the downstream
+  runs' rule (``projects.mrnet.data.oversample_rows``, seeded). The label is the source's binary one
+  (MRNet: ``data.kwargs.task``); the images are a lazy view (nothing decoded, rows repeated).
+
+  Raises:
+    ValueError: the training labels are not one binary label per example.
+  """
+  y = np.asarray(dataset.train.y)
+  if y.ndim != 1 or not np.all((y == 0) | (y == 1)):
+    raise ValueError(f'`data.oversample` balances a binary training label (MRNet: the '
+                     f'`data.kwargs.task` label); the data set {dataset.name!r} has labels of shape '
+                     f'{y.shape} with values {np.unique(y)[:5].tolist()}...')
+  rows = oversample_rows(y[:, None].astype(np.float32), seed)
+  log.info('Oversampled the minority class of the training split: %d -> %d examples (%d positive).',
+           len(y), len(rows), int(np.sum(y[rows])))
+  return dataclasses.replace(dataset, train=Split(x=subset(dataset.train.x, rows), y=y[rows]))
+
+
 def one_slice(x: np.ndarray, index) -> np.ndarray:
   """``[b, S, H, W, C] -> [b, H, W, C]``: slice ``index[i]`` of volume ``i`` (an int: the same)."""
   index = np.broadcast_to(np.asarray(index, np.int64), (x.shape[0],))
@@ -111,6 +136,8 @@ def jigsaw_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
   if dataset.kind not in ('image', 'volume'):
     raise ValueError(f'The jigsaw task needs an image or volume data set, got {dataset.name!r} '
                      f'(kind {dataset.kind!r}).')
+  if config.data.get('oversample', False):
+    dataset = oversampled_train(dataset, int(config.data.seed))
   # MR volumes (e.g. `mrnet`): every step takes one uniformly drawn slice of each scan of the batch
   # (Sec. 3.5.2.1 "slices chosen randomly according to a uniform distribution from MR scans";
   # spec B3: one slice per scan, batches across scans); evaluation the middle slice of each scan.
