@@ -15,6 +15,9 @@ Variants, named after the thesis table each reproduces (values of Sec. 3.5.2.2 /
   uniform slices; evaluation: 8 Monte-Carlo draws of 16 slices ~ Normal(N_S/2, N_S/4) (Eq. 3.3).
   One run per plane; the 3 runs' ensemble (Eq. 3.1-3.4) by ``projects.mrnet.ensemble``.
 * ``table3_5_skid_noblocks``: the same on SKIDv3-NoBlocks (Tables 3.5 / 3.6).
+* ``table3_13_skid_conv3d``: the same with a 3-D CNN classifier in place of the ConvLSTMs (Tables
+  3.13 / 3.14; ``model.temporal='conv3d'``: [GUESS] 3x3x3 convolutions of the ConvLSTMs' widths,
+  the thesis gives no layers).
 * ``table3_10_sslacl``: SSLACL Divide-and-Teach (Alg. 3.3, Fig. 3.6; Tables 3.4, 3.7, 3.8, 3.10
   "Proposed"): ACL, sagittal, 36 slices, batch 1 (one device; the batch must divide over the
   devices), Adam 1e-5, ACL tears oversampled to balance.
@@ -37,7 +40,7 @@ from ml_collections.config_dict import placeholder
 
 # The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
 VARIANTS = ("table3_3_skid", "table3_5_skid_noblocks", "table3_10_sslacl", "table3_10_model1",
-            "table3_10_model2", "table4_4", "table4_6_model5")
+            "table3_10_model2", "table4_4", "table4_6_model5", "table3_13_skid_conv3d")
 TRAIN_EXAMS = 1017  # MRNet's 1130 training exams less the 10 % val carve-out
 
 
@@ -117,6 +120,9 @@ def get_config(variant: str = "table3_3_skid") -> ml_collections.ConfigDict:
     c.model.kernel_init = "he_normal"
     c.model.branch_conv_impl = "shifted_matmul"
     c.model.lstm_features = (512, 512)  # Fig. 3.7
+    # Tab. 3.13-3.14: a 3-D CNN in place of the ConvLSTMs ([GUESS] 3x3x3 convolutions of the same
+    # widths; the thesis names Ji et al. 2013 and "the same experimental configuration" only).
+    c.model.temporal = "conv3d" if variant == "table3_13_skid_conv3d" else "convlstm"
     c.model.freeze = True           # "we froze the weights of the pretext model"
   elif sslacl:
     c.model.arch = "sslacl"

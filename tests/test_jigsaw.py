@@ -423,18 +423,42 @@ def test_divide_and_teach_groups_slices_by_branch():
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads['branches']))
 
 
-def test_skid_downstream_forward_and_frozen_trunk():
+def _conv3d_same_ref(x, kernel, bias):
+  """3x3x3 'SAME' convolution of ``x [b, t, h, w, c]`` (float64 NumPy, offset by offset)."""
+  b, t, h, w, _ = x.shape
+  pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((b, t, h, w, kernel.shape[-1])) + bias
+  for i in range(3):
+    for j in range(3):
+      for k in range(3):
+        out += pad[:, i:i + t, j:j + h, k:k + w] @ kernel[i, j, k]
+  return out
+
+
+@pytest.mark.parametrize('temporal', ['convlstm', 'conv3d'])
+def test_skid_downstream_forward_and_frozen_trunk(temporal):
   trunk = dict(jm.scale_widths(jm.SKID_VARIANTS['v3'], 1 / 256), no_blocks=True)  # blocks: above
-  model = jm.SKIDDownstream(trunk=trunk, lstm_features=(3, 3))
+  model = jm.SKIDDownstream(trunk=trunk, lstm_features=(3, 3), temporal=temporal)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 16, 16, 3)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   out, grads = jax.jit(lambda p: jax.value_and_grad(
       lambda p: jnp.sum(model.apply({**variables, 'params': p}, x)))(p))(variables['params'])
-  out = jax.jit(lambda x: model.apply(variables, x))(x)
+  out, inter = jax.jit(lambda x: model.apply(variables, x, capture_intermediates=True))(x)
   chex.assert_shape(out, (2, 3))
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads['trunk']))
-  assert any(np.any(g != 0) for g in jax.tree.leaves(grads['convlstm1']))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(grads[f'{temporal}1']))
   assert 'skip1' not in variables['params']['trunk']  # the NoBlocks ablation
+  if temporal == 'conv3d':  # Tab. 3.13's head against a float64 reference on the trunk's features
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
+    f = np.asarray(inter['intermediates']['trunk']['__call__'][0], np.float64)
+    f = f.reshape((2, 3) + f.shape[1:])
+    for i in range(2):
+      f = np.maximum(_conv3d_same_ref(f, p[f'conv3d{i}']['kernel'], p[f'conv3d{i}']['bias']), 0)
+    ref = f.mean(axis=(1, 2, 3)) @ p['logits']['kernel'] + p['logits']['bias']
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='temporal'):
+    jm.SKIDDownstream(trunk=trunk, lstm_features=(3,), temporal='gru').init(jax.random.PRNGKey(0),
+                                                                            x)
 
 
 # ----------------------------------------------------------------------------- ensemble

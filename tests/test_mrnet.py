@@ -92,7 +92,7 @@ def get_config(variant):
   if variant.startswith("table3"):  # the pretext nets at 1/128 width, small heads
     c.model.width_factor = 1 / 128
     c.batch_size = c.eval_batch_size = 2
-  if variant == "table3_3_skid":
+  if variant in ("table3_3_skid", "table3_13_skid_conv3d"):
     c.model.lstm_features = (4, 4)
   if variant.startswith("table3_10"):
     c.model.conv_features, c.model.fc_features = ("max", 4, 8), (8,)
@@ -348,6 +348,11 @@ def test_config_variants_follow_the_thesis():
   assert (skid.optim.name, skid.optim.lr, skid.optim.decay_factor) == ("adam", 1e-5, 0.95)
   assert skid.num_train_steps == 20 * (1017 // 4) and skid.loss.class_weights == "minority"
   assert mrnet_config.get_config("table3_5_skid_noblocks").model.no_blocks
+  conv3d = mrnet_config.get_config("table3_13_skid_conv3d")  # Tab. 3.13-3.14: the 3-D CNN head
+  assert (conv3d.model.temporal, skid.model.temporal) == ("conv3d", "convlstm")
+  assert conv3d.model.lstm_features == skid.model.lstm_features
+  from contrastive_jax.train.run import config_identity  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  assert "temporal" not in config_identity(skid)["model"]  # older SKID runs keep their identity
   sslacl = mrnet_config.get_config("table3_10_sslacl")
   assert (sslacl.model.arch, sslacl.data.tasks, sslacl.data.plane, sslacl.batch_size) == (
       "sslacl", ("acl",), "sagittal", 1)
@@ -453,14 +458,15 @@ def test_pretext_oversampling_balances_the_training_exams(mrnet_root, tmp_path, 
 @pytest.mark.parametrize("variant,planes", [
     ("table3_3_skid", ("axial",)),
     pytest.param("table3_3_skid", ("axial", "sagittal"), marks=pytest.mark.slow),
-    pytest.param("table3_10_sslacl", ("sagittal",), marks=pytest.mark.slow)])
+    pytest.param("table3_10_sslacl", ("sagittal",), marks=pytest.mark.slow),
+    pytest.param("table3_13_skid_conv3d", ("axial",), marks=pytest.mark.slow)])
 def test_ch3_downstream_from_a_pretext_run(mrnet_root, tmp_path, variant, planes):
   """SKID: a jigsaw (SKID-v3) pretext run on the MRNet slices, then the ConvLSTM downstream run on
   its frozen trunk (3 tasks) per plane, each a `python -m launch` process; with two planes, their
   ensemble. SSLACL (slow): Divide-and-Teach for ACL from a generated pretext workdir. The pretext
   weights are copied and stay frozen."""
   from contrastive_jax.train.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  skid = variant == "table3_3_skid"
+  skid = variant in ("table3_3_skid", "table3_13_skid_conv3d")
   if skid:
     pretext, variables = jigsaw_mrnet_run(tmp_path / "pretext", mrnet_root, "skid_v3")
   else:

@@ -471,23 +471,35 @@ class ConvLSTM(nn.Module):
     return hs
 
 
+TEMPORAL_HEADS = ('convlstm', 'conv3d')
+
+
 class SKIDDownstream(nn.Module):
   """SKID downstream model (Fig. 3.7): ``slices [B, T, H, W, c] -> logits [B, num_outputs]``.
 
   Every slice goes, whole, to all 9 branches of the pretext trunk (spec B8, [CODE]) truncated after
-  DimRed2, then 2 ConvLSTM layers (3x3, 512 channels; the first returns its sequence, the second its
-  last state, as Keras' ``return_sequences``), GAP and one logit per task (Abnormality, ACL,
+  DimRed2, then the classifier over the slice sequence and one logit per task (Abnormality, ACL,
   Meniscus; sigmoid in the loss). ``freeze_trunk`` (Sec. 3.5.2.2: only the classifier is trained).
+
+  ``temporal='convlstm'`` (the thesis' choice): 2 ConvLSTM layers (3x3, ``lstm_features`` channels;
+  the first returns its sequence, the second its last state, as Keras' ``return_sequences``), then
+  GAP. ``temporal='conv3d'``: the 3-D CNN of Sec. 3.5.4.5 / Tables 3.13-3.14 ("the same experimental
+  configuration", after Ji et al. 2013; the thesis gives no layers): [GUESS] one 3x3x3 convolution
+  (same padding, ReLU) per entry of ``lstm_features`` in place of each ConvLSTM, then GAP over
+  slices and space.
   """
   trunk: dict = None
   lstm_features: Sequence[int] = (512, 512)
   num_outputs: int = 3
   freeze_trunk: bool = True
+  temporal: str = 'convlstm'
 
   @nn.compact
   def __call__(self, slices, train: bool = False):
     if slices.ndim != 5:
       raise ValueError(f'slices must have shape [batch, num_slices, H, W, c], got {slices.shape}.')
+    if self.temporal not in TEMPORAL_HEADS:
+      raise ValueError(f'Unknown temporal={self.temporal!r}; expected one of {TEMPORAL_HEADS}.')
     b, t = slices.shape[:2]
     x = jnp.broadcast_to(slices.reshape((b * t, 1) + slices.shape[2:]),
                          (b * t, NUM_PATCHES) + slices.shape[2:])
@@ -495,9 +507,14 @@ class SKIDDownstream(nn.Module):
     if self.freeze_trunk:
       x = jax.lax.stop_gradient(x)
     x = x.reshape((b, t) + x.shape[1:])
-    for i, f in enumerate(self.lstm_features):
-      x = ConvLSTM(f, name=f'convlstm{i}')(x)
-    x = jnp.mean(x[:, -1], axis=(1, 2))
+    if self.temporal == 'conv3d':
+      for i, f in enumerate(self.lstm_features):
+        x = nn.relu(nn.Conv(f, (3, 3, 3), padding='SAME', name=f'conv3d{i}')(x))
+      x = jnp.mean(x, axis=(1, 2, 3))
+    else:
+      for i, f in enumerate(self.lstm_features):
+        x = ConvLSTM(f, name=f'convlstm{i}')(x)
+      x = jnp.mean(x[:, -1], axis=(1, 2))
     return nn.Dense(self.num_outputs, name='logits')(x)
 
 
