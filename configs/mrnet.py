@@ -73,6 +73,7 @@ def get_config(variant: str = "table3_3_skid") -> ml_collections.ConfigDict:
   c.data.root = placeholder(str)    # required: --config.data.root=/data/MRNet
   c.data.seed = 0                   # the val carve-out (same for every plane: one ensemble) + draws
   c.data.val_fraction = 0.1         # of MRNet's train exams, stratified on the joint label
+  c.data.train_fraction = 1.0       # Fig. 3.14a: 0.1 / 0.5 of the (remaining) training exams
   c.data.plane = "sagittal"         # one model per plane (Sec. 3.4.2.3, 4.5.2.2)
   # SKID: the 3 tasks at once (Binary Relevance, Sec. 3.4.2); SSLACL: ACL; Ch. 4: one per run.
   c.data.tasks = ("abnormal", "acl", "meniscus") if skid else ("acl",)

@@ -372,6 +372,26 @@ def test_config_variants_follow_the_thesis():
   assert jigsaw_config.get_config("sslacl_mrnet").batch_size == 32
 
 
+def test_label_fraction_trains_on_a_seeded_subset(mrnet_root, caplog):
+  """Fig. 3.14a: ``data.train_fraction`` keeps a seeded fraction of the training exams (val / test
+  unchanged; the subset's class weights and oversampling); the batches come from it."""
+  from contrastive_jax.projects.mrnet.task import mrnet_task  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from contrastive_jax.train.run import make_mesh  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  assert mrnet_config.get_config("table3_3_skid").data.train_fraction == 1.0
+  config = tiny_downstream("table4_4", mrnet_root, **{"data.train_fraction": 0.5})
+  with caplog.at_level("INFO", logger="contrastive_jax"):
+    task = mrnet_task(config, make_mesh())
+  assert "4 train (4 per epoch) / 2 val / 4 test exams" in caplog.text  # 8 training exams / 2
+  batches = [task.host_batch(0)["y"]]  # one epoch = one batch of 4 = the subset
+  splits = mrnet_data.load_exams(mrnet_root, plane="sagittal", tasks=("acl",), size=SIDE)
+  kept = loop.training_fraction_rows(len(splits.train), 0.5, 0)
+  np.testing.assert_array_equal(np.sort(np.concatenate(batches)[:, 0]),
+                                np.sort(splits.train.labels[kept, 0]))
+  config = tiny_downstream("table4_4", mrnet_root, **{"data.train_fraction": 0.0})
+  with pytest.raises(ValueError, match="data.train_fraction"):
+    mrnet_task(config, make_mesh())
+
+
 def test_bad_configs_are_one_clear_error(mrnet_root, tmp_path):
   train = launcher._trainer("mrnet")  # pylint: disable=protected-access
   config = tiny_downstream("table4_4", mrnet_root, **{"augment.kind": "flip"})

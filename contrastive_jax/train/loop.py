@@ -327,10 +327,9 @@ def load_data(config: ml_collections.ConfigDict):
   return limit_training_data(dataset, config.data.get("train_fraction", 1.0), config.data.seed)
 
 
-def limit_training_data(dataset, fraction, seed: int):
-  """``dataset`` with a random ``fraction`` of its training split (ACCon Fig. 4's limited-data
-  curve), drawn from ``seed``; the validation and test splits are unchanged. ``fraction`` 1 returns
-  ``dataset`` itself.
+def training_fraction_rows(num: int, fraction, seed: int) -> np.ndarray | None:
+  """Sorted rows of a random ``fraction`` of ``num`` training examples, drawn from ``seed`` (None for
+  ``fraction`` 1: all of them). ``data.train_fraction`` of every trainer that offers it.
 
   Raises:
     ValueError: ``fraction`` not in (0, 1], or so small that no training example is left.
@@ -338,12 +337,21 @@ def limit_training_data(dataset, fraction, seed: int):
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
     raise ValueError(f"`data.train_fraction` must be a number in (0, 1]; got {fraction!r}.")
   if fraction == 1:
-    return dataset
-  n = len(dataset.train)
-  keep = int(round(fraction * n))
+    return None
+  keep = int(round(fraction * num))
   if keep < 1:
-    raise ValueError(f"`data.train_fraction`={fraction} keeps no training example of {n}.")
-  rows = np.sort(np.random.default_rng([int(seed), 0x7F]).choice(n, keep, replace=False))
+    raise ValueError(f"`data.train_fraction`={fraction} keeps no training example of {num}.")
+  return np.sort(np.random.default_rng([int(seed), 0x7F]).choice(num, keep, replace=False))
+
+
+def limit_training_data(dataset, fraction, seed: int):
+  """``dataset`` with a random ``fraction`` of its training split (ACCon Fig. 4's limited-data
+  curve), drawn from ``seed`` (:func:`training_fraction_rows`); the validation and test splits are
+  unchanged. ``fraction`` 1 returns ``dataset`` itself.
+  """
+  rows = training_fraction_rows(len(dataset.train), fraction, seed)
+  if rows is None:
+    return dataset
   train = data_lib.Split(x=take_rows(dataset.train.x, rows), y=np.asarray(dataset.train.y)[rows])
   return dataclasses.replace(dataset, train=train)
 

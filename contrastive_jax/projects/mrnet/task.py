@@ -42,6 +42,7 @@ from contrastive_jax.projects.mrnet import data as mrnet_data
 from contrastive_jax.projects.mrnet import metrics as mrnet_metrics
 from contrastive_jax.projects.mrnet import model as mrnet_model
 from contrastive_jax.train import run as run_lib
+from contrastive_jax.train.loop import training_fraction_rows
 from contrastive_jax.train.optim import make_optimizer
 from contrastive_jax.train.state import TrainState
 from contrastive_jax.train.step import AXIS
@@ -139,14 +140,18 @@ def mrnet_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Task:
   splits = mrnet_data.load_exams(d.root, plane=d.plane, tasks=tuple(d.tasks), seed=int(d.seed),
                                  val_fraction=float(d.val_fraction), size=int(d.size))
   tasks, workers = splits.tasks, int(d.get('workers', 1))
-  pool = (mrnet_data.oversample_rows(splits.train.labels, int(d.seed)) if config.loss.oversample
-          else np.arange(len(splits.train)))
+  # Fig. 3.14a's label efficiency: a seeded `data.train_fraction` of the training exams (the val
+  # and test exams unchanged), then the oversampling and class weights of that subset.
+  kept = training_fraction_rows(len(splits.train), d.get('train_fraction', 1.0), int(d.seed))
+  kept = np.arange(len(splits.train)) if kept is None else kept
+  labels = splits.train.labels[kept]
+  pool = kept[mrnet_data.oversample_rows(labels, int(d.seed))] if config.loss.oversample else kept
   if len(pool) < config.batch_size:
     raise ValueError(f'`batch_size`={config.batch_size} is larger than the training split '
                      f'({len(pool)} exams).')
-  w_pos, w_neg = mrnet_data.class_weights(splits.train.labels, config.loss.class_weights)
+  w_pos, w_neg = mrnet_data.class_weights(labels, config.loss.class_weights)
   log.info('MRNet %s %s: %d train (%d per epoch) / %d val / %d test exams; class weights pos %s '
-           'neg %s; %d device(s).', d.plane, '/'.join(tasks), len(splits.train), len(pool),
+           'neg %s; %d device(s).', d.plane, '/'.join(tasks), len(kept), len(pool),
            len(splits.val), len(splits.test), np.round(w_pos, 3).tolist(),
            np.round(w_neg, 3).tolist(), mesh.size)
 
