@@ -160,3 +160,39 @@ def temperature_matrix_ref(features, tau_min, tau_max, profile='cosine', shift=0
   cos = _cosine(z)
   tau = lambda c: temperature_ref(c, tau_min, tau_max, profile, shift, scale, rate)
   return np.vectorize(tau)(cos)
+
+
+# ----------------------------------------------------------------------------------------------------
+# DCL (Yeh et al. 2022 Eq. 6), the Ch. 5 / 6 comparator
+# ----------------------------------------------------------------------------------------------------
+def dcl_ref(features, temperature=0.1):
+  """Anchor by anchor: mean over the positives p of -c_ip/tau, plus log sum over the negatives only
+  (the other samples' views) of exp(c_ik/tau); the mean over every row."""
+  z, sample, _ = _rows(features)
+  c = _cosine(z)
+  m = len(sample)
+  total = 0.0
+  for i in range(m):
+    positives = [j for j in range(m) if j != i and sample[j] == sample[i]]
+    negatives = [k for k in range(m) if sample[k] != sample[i]]
+    total += -sum(c[i, j] / temperature for j in positives) / len(positives)
+    total += _logsumexp([c[i, k] / temperature for k in negatives])
+  return total / m
+
+
+def dcl_two_way_ref(features, temperature=0.1):
+  """lightly's ``DCLLoss`` form for two views: (l(z1, z2) + l(z2, z1)) / 2 with the one-way
+  l(a, b) = mean_n [-a_n.b_n/tau + log(sum_{m != n} e^{a_n.a_m/tau} + sum_{m != n} e^{a_n.b_m/tau})]."""
+  f = np.asarray(features, dtype=np.float64)
+  z = f / np.linalg.norm(f, axis=2, keepdims=True)
+  a, b = z[:, 0], z[:, 1]
+
+  def one_way(a, b):
+    n = len(a)
+    out = 0.0
+    for i in range(n):
+      neg = [a[i] @ a[j] / temperature for j in range(n) if j != i]
+      neg += [a[i] @ b[j] / temperature for j in range(n) if j != i]
+      out += -a[i] @ b[i] / temperature + _logsumexp(neg)
+    return out / n
+  return 0.5 * (one_way(a, b) + one_way(b, a))

@@ -73,6 +73,8 @@ CASES = {
                       lambda f, y, c: references_thesis.combo_ref(f, normalize=False)),
     'rnc': (lambda f, y, c, **k: L.rnc(f, y, **k),
             lambda f, y, c: references.rnc_ref(f, y)),
+    'dcl': (lambda f, y, c, **k: L.dcl(f, 0.2, **k),
+            lambda f, y, c: references_thesis.dcl_ref(f, 0.2)),
 }
 
 

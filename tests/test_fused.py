@@ -76,7 +76,7 @@ def _check(names, feats, labels, cdf, tile):
 # variants (label bins, shifted profile, temperature gradient, MIO v1-v2, one view, a callable
 # SupCon temperature) run in the slow suite.
 DEFAULT_LOSSES = ('simclr', 'supcon', 'adacon', 'accon', 'accon_official', 'dystress', 'mio_v3',
-                  'bcl', 'bcl_combo')
+                  'bcl', 'bcl_combo', 'dcl')
 OTHER_VARIANTS = tuple(sorted(set(CASES) - set(DEFAULT_LOSSES)))
 
 

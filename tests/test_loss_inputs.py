@@ -44,11 +44,13 @@ LOSSES = {
     'binary_contrastive_combo': lambda f, y, **k: L.binary_contrastive_combo(f, **k),
     'mio': lambda f, y, **k: L.mio(f, **k),
     'dystress': lambda f, y, tau_min=0.1, **k: L.dystress(f, tau_min, 0.2, **k),
+    'dcl': lambda f, y, **k: L.dcl(f, **k),
 }
 WITH_LABELS = ['supcon', 'adacon', 'accon', 'rnc', 'supremix', 'conr', 'ranksim', 'npair',
                'adaptive_triplet']
 COSINE = [n for n in LOSSES if n != 'rnc']  # rnc: Euclidean distances of the raw features
-SELF_SUPERVISED = ['simclr', 'binary_contrastive', 'binary_contrastive_combo', 'mio', 'dystress']
+SELF_SUPERVISED = ['simclr', 'binary_contrastive', 'binary_contrastive_combo', 'mio', 'dystress',
+                   'dcl']
 
 
 def test_every_registered_loss_is_covered():
@@ -72,6 +74,7 @@ TRACED = {
     'binary_contrastive_combo': ('contr_weight', 0.5, (-0.5,)),
     'mio': ('temperature', 0.2, (-0.2,)),
     'dystress': ('tau_min', 0.1, (-0.1, 0.3)),  # 0.3 > tau_max = 0.2
+    'dcl': ('temperature', 0.1, (-0.1, 0.0)),
 }
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, REPO)
 from configs import regression  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BUILT_IN = ("accon", "adacon", "adaptive_triplet", "binary_contrastive", "binary_contrastive_combo",
-            "conr", "dystress", "mio", "npair", "ranksim", "rnc", "simclr", "supcon", "supremix")
+            "conr", "dcl", "dystress", "mio", "npair", "ranksim", "rnc", "simclr", "supcon", "supremix")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ from contrastive_jax.train.loop import check_config_fields  # pylint: disable=g-
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-METHODS = ("simclr", "mio", "dystress", "bcl")
+METHODS = ("simclr", "mio", "dystress", "bcl", "dcl")
 VARIANTS = {"simclr": ("fashion_mnist", "fashion_mnist_lt", "cifar10", "cifar100", "stl10",
                        "cifar10_lt", "cifar100_lt", "imagenet", "imagenet100"),
             "mio": ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagenet100", "imagenet"),
             "dystress": ("fashion_mnist", "fashion_mnist_lt", "cifar10", "cifar100", "stl10",
                          "cifar10_lt", "cifar100_lt", "imagenet100", "imagenet"),
-            "bcl": ("fashion_mnist", "mrnet")}
+            "bcl": ("fashion_mnist", "mrnet"),
+            "dcl": ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagenet100", "imagenet")}
 
 
 def _config(method: str, variant: str):

@@ -24,6 +24,7 @@ import pytest
 
 from contrastive_jax.losses.binary import binary_contrastive
 from contrastive_jax.losses.binary import binary_contrastive_combo
+from contrastive_jax.losses.dcl import dcl
 from contrastive_jax.losses.dystress import dystress
 from contrastive_jax.losses.dystress import dystress_temperature
 from contrastive_jax.losses.mio import capped_exp
@@ -108,6 +109,8 @@ def _value_configs():
   configs['dystress_const_shifted'] = (lambda f: dystress(f, 0.3, 0.3, 'shifted', -0.4, 0.7),
                                        lambda f: RT.dystress_ref(f, 0.3, 0.3))
   configs['simclr_t0.3'] = (lambda f: simclr(f, 0.3), lambda f: RT.dystress_ref(f, 0.3, 0.3))
+  configs['dcl_default'] = (dcl, RT.dcl_ref)  # DCL (Yeh et al. Eq. 6), the Ch. 5 / 6 comparator
+  configs['dcl_t0.5'] = (lambda f: dcl(f, 0.5), lambda f: RT.dcl_ref(f, 0.5))
   return configs
 
 
@@ -287,6 +290,7 @@ GRAD_CONFIGS = {
     'mio1': (lambda f: mio(f, 0.2, 1), lambda f: RT.mio_ref(f, 0.2, 1)),
     'mio2': (lambda f: mio(f, 0.2, 2), lambda f: RT.mio_ref(f, 0.2, 2)),
     'mio3': (lambda f: mio(f, 0.2, 3), lambda f: RT.mio_ref(f, 0.2, 3)),
+    'dcl': (lambda f: dcl(f, 0.2), lambda f: RT.dcl_ref(f, 0.2)),
 }
 for _p, _s, _k in [('cosine', 0.0, 1.0), ('shifted', -0.4, 0.7), ('shifted', 0.2, 0.6),
                    ('linear', 0.0, 1.0), ('exponential', 0.0, 1.0)]:
@@ -377,6 +381,7 @@ LOSS_FNS = {
     'dystress_cosine': lambda f: dystress(f, 0.07, 0.2),
     'dystress_shifted': lambda f: dystress(f, 0.1, 0.2, 'shifted', -0.2, 0.6),
     'dystress_exponential': lambda f: dystress(f, 0.1, 0.2, 'exponential'),
+    'dcl': dcl,
 }
 SCALE_INVARIANT = [n for n in LOSS_FNS if n != 'combo_raw']
 _INV = make_features(80, 5, 3, 8, 'moderate')
@@ -432,6 +437,7 @@ TRACED_FNS = {  # t: the temperature (tau_min for DySTreSS), traced
     'dystress_linear': lambda f, t: dystress(f, t, 0.2, 'linear'),
     'dystress_exponential_through': lambda f, t: dystress(f, t, 0.2, 'exponential',
                                                           grad_through_temperature=True),
+    'dcl': dcl,
 }
 _BASE = make_features(70, 5, 3, 8, 'unit')
 EXTREME_INPUTS = {
@@ -462,6 +468,14 @@ def test_finite_for_extreme_inputs(kind, t):
   for name, (value, grad) in _extreme(kind, t).items():
     assert np.isfinite(value), (name, value)
     assert np.all(np.isfinite(grad)), name
+
+
+def test_dcl_is_lightlys_two_way_loss_and_below_nt_xent():
+  """Two views: the mean over the 2N anchors is lightly's (l(z1, z2) + l(z2, z1)) / 2; dropping the
+  positive from the denominator makes it smaller than NT-Xent at the same tau."""
+  f = make_features(91, 6, 2, 5)
+  assert_close(dcl(f, 0.1), RT.dcl_two_way_ref(f, 0.1))
+  assert float(simclr(f, 0.1)) > float(dcl(f, 0.1))
 
 
 def test_identical_features_closed_forms():
@@ -504,6 +518,7 @@ def _all_with(features=_F):
       'combo': lambda: binary_contrastive_combo(features),
       'mio': lambda: mio(features),
       'dystress': lambda: dystress(features, 0.1, 0.2),
+      'dcl': lambda: dcl(features),
   }
 
 
@@ -518,6 +533,9 @@ def test_bad_features_raise(name, bad):
 
 @pytest.mark.parametrize('call,match', [
     (lambda: binary_contrastive(_F, 0.0), 'temperature'),
+    (lambda: dcl(_F, -0.1), 'temperature'),
+    (lambda: dcl(_F[:, :1]), 'views'),
+    (lambda: dcl(_F[:1]), 'at least 2 samples'),
     (lambda: binary_contrastive(_F, float('nan')), 'temperature'),
     (lambda: binary_contrastive(_F, nu=0.0), 'nu'),
     (lambda: binary_contrastive(_F, nu=-1.0), 'nu'),
@@ -565,6 +583,7 @@ SHARDED_LOSSES = {
     'mio3': (lambda f, axis_name=None: mio(f, 0.2, 3, axis_name=axis_name), 3),
     'dystress_shifted': (lambda f, axis_name=None: dystress(
         f, 0.1, 0.2, 'shifted', -0.4, 0.7, axis_name=axis_name), 3),
+    'dcl': (lambda f, axis_name=None: dcl(f, 0.2, axis_name=axis_name), 2),
 }
 
 

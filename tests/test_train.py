@@ -22,11 +22,11 @@ from contrastive_jax.train.checkpoint import restore_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from configs import accon, adacon, bcl, conr, dystress, mio, ranksim, regression, rnc, simclr, supcon, supremix  # pylint: disable=g-import-not-at-top,wrong-import-position,line-too-long
+from configs import accon, adacon, bcl, conr, dcl, dystress, mio, ranksim, regression, rnc, simclr, supcon, supremix  # pylint: disable=g-import-not-at-top,wrong-import-position,line-too-long
 
 CONFIGS = {"regression": regression, "adacon": adacon, "accon": accon, "rnc": rnc, "supcon": supcon,
            "simclr": simclr, "supremix": supremix, "conr": conr, "ranksim": ranksim, "mio": mio,
-           "dystress": dystress, "bcl": bcl}
+           "dystress": dystress, "bcl": bcl, "dcl": dcl}
 
 
 def tiny_config(method="adacon", steps=20):
@@ -59,7 +59,7 @@ def test_every_config_trains_and_writes_results(tmp_path, method):
   assert saved == json.loads(json.dumps(results))
   assert set(saved) >= {"method", "dataset", "test", "val_best", "steps"}
   assert set(saved["test"]) >= {"mae", "rmse", "r2", "pearson"}
-  if method in ("simclr", "mio", "dystress", "bcl"):  # Self-supervised: probes of frozen embeddings.
+  if method in ("simclr", "mio", "dystress", "bcl", "dcl"):  # Self-supervised: frozen-embedding probes.
     assert saved["eval_with"] == "knn" and saved["test"] == saved["test_knn"]
     assert set(saved["test_ridge"]) >= {"mae", "rmse"}
   assert saved["method"] == tiny_config(method).method and saved["dataset"] == "diabetes"

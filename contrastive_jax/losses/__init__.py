@@ -10,6 +10,7 @@ from contrastive_jax.losses.accon import accon
 from contrastive_jax.losses.binary import binary_contrastive
 from contrastive_jax.losses.binary import binary_contrastive_combo
 from contrastive_jax.losses.conr import conr
+from contrastive_jax.losses.dcl import dcl
 from contrastive_jax.losses.dystress import dystress
 from contrastive_jax.losses.dystress import dystress_temperature
 from contrastive_jax.losses.adacon import ECDF

@@ -26,6 +26,7 @@ from contrastive_jax.losses.adacon import prepare_ecdf
 from contrastive_jax.losses.binary import binary_contrastive
 from contrastive_jax.losses.binary import binary_contrastive_combo
 from contrastive_jax.losses.conr import conr
+from contrastive_jax.losses.dcl import dcl
 from contrastive_jax.losses.dystress import dystress
 from contrastive_jax.losses.metric_learning import adaptive_triplet
 from contrastive_jax.losses.metric_learning import npair
@@ -194,6 +195,7 @@ register("binary_contrastive_combo", Method(
     options=("temperature", "contr_temperature", "contr_weight", "nu", "normalize_contr")
     + PAIRWISE_OPTIONS))
 register("mio", Method(mio, inputs=(), options=("temperature", "version") + PAIRWISE_OPTIONS))
+register("dcl", Method(dcl, inputs=(), options=("temperature",) + PAIRWISE_OPTIONS))
 register("dystress", Method(dystress, inputs=(),
                             options=("tau_min", "tau_max", "profile", "shift", "scale", "rate",
                                      "grad_through_temperature") + PAIRWISE_OPTIONS))
