@@ -14,10 +14,7 @@ the linear probe). Thesis rows: Tables 5.2 (CIFAR-10 84.43 / CIFAR-100 / STL-10,
 benchmarks rather than run (docs/reproducing.md).
 """
 
-from contrastive_jax.train import recipes
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.defaults import run_config
+from contrastive_jax.train.defaults import ssl_config
 
 # The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
 VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "cifar10", "cifar100", "stl10",
@@ -26,13 +23,7 @@ IMAGE_VARIANTS = VARIANTS[2:]
 
 
 def get_config(variant: str = "digits_angle"):
-  if variant in DATASET_VARIANTS:
-    config = recipes.self_supervised(base_config(variant))
-  elif variant in IMAGE_VARIANTS:
-    config = recipes.ssl_image(run_config(), variant)  # the SimCLR / MIO set-up of each data set
-  else:
-    raise ValueError(f"Unknown dcl variant {variant!r}; expected one of "
-                     f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")
+  config = ssl_config("dcl", variant, IMAGE_VARIANTS)
   config.method = "dcl"
   config.loss.contrastive.temperature = 0.1  # Yeh et al. 2022; thesis Sec. 5.5.2 "SimCLR/DCL 0.1"
   return config

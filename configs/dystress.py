@@ -18,10 +18,7 @@ Long-tailed (Sec. 6.5.2.1, Tables 6.5 / 6.6): ``cifar10_lt``, ``cifar100_lt`` (i
 protocol on Fashion-MNIST).
 """
 
-from contrastive_jax.train import recipes
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.defaults import run_config
+from contrastive_jax.train.defaults import ssl_config
 
 # The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
 VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "fashion_mnist_lt", "cifar10", "cifar100",
@@ -30,13 +27,7 @@ IMAGE_VARIANTS = VARIANTS[2:]
 
 
 def get_config(variant: str = "digits_angle"):
-  if variant in DATASET_VARIANTS:
-    config = recipes.self_supervised(base_config(variant))
-  elif variant in IMAGE_VARIANTS:
-    config = recipes.ssl_image(run_config(), variant)
-  else:
-    raise ValueError(f"Unknown dystress variant {variant!r}; expected one of "
-                     f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")
+  config = ssl_config("dystress", variant, IMAGE_VARIANTS)
   config.method = "dystress"
   # Ch. 6 small scale (CIFAR, and the small data sets here): tau_min 0.07, tau_max 0.2; ImageNet
   # (Sec. 6 hyperparameters, Table 6.14 best 0.1 / 0.2 -> 78.76 on IN-100): tau_min 0.1.

@@ -12,10 +12,7 @@ DySTreSS / BCL). ``cifar100`` / ``stl10``: thesis Sec. 5.5.2 small scale (ResNet
 58.18 on CIFAR-100, 80.50 on STL-10).
 """
 
-from contrastive_jax.train import recipes
-from contrastive_jax.train.defaults import base_config
-from contrastive_jax.train.defaults import DATASET_VARIANTS
-from contrastive_jax.train.defaults import run_config
+from contrastive_jax.train.defaults import ssl_config
 
 # The launcher reads this literal (python -m launch --help; an unknown :variant is refused).
 VARIANTS = ("digits_angle", "diabetes", "fashion_mnist", "cifar10", "cifar100", "stl10",
@@ -24,13 +21,8 @@ IMAGE_VARIANTS = VARIANTS[2:]
 
 
 def get_config(variant: str = "digits_angle"):
-  if variant in DATASET_VARIANTS:
-    config = recipes.self_supervised(base_config(variant))
-  elif variant in IMAGE_VARIANTS:
-    config = recipes.ssl_image(run_config(), variant)  # Table 5.2 (CIFAR kNN) / ImageNet-100 200 ep, IN-1K 100 ep.
-  else:
-    raise ValueError(f"Unknown mio variant {variant!r}; expected one of "
-                     f"{DATASET_VARIANTS + IMAGE_VARIANTS}.")
+  # Table 5.2 (CIFAR kNN) / ImageNet-100 200 ep, IN-1K 100 ep.
+  config = ssl_config("mio", variant, IMAGE_VARIANTS)
   config.method = "mio"
   config.loss.contrastive.temperature = 0.2  # Ch. 5: tau = 0.2 for MIO (Table 5.8 best for v3).
   config.loss.contrastive.version = 3        # MIOv3, the thesis' headline variant (Table 5.2).

@@ -182,3 +182,16 @@ def run_config() -> ml_collections.ConfigDict:
   c.nonfinite = "stop"             # non-finite loss/gradient: "stop" (error naming the step) or "skip"
   return c
 
+
+
+def ssl_config(name: str, variant: str, image_variants) -> ml_collections.ConfigDict:
+  """The shared set-up of a self-supervised config's ``variant``: a bundled data set scored by kNN
+  (``recipes.self_supervised``) or one of ``image_variants`` (``recipes.ssl_image``: the backbone,
+  budget and augmentations every self-supervised method shares); ``name`` (the config file) names
+  it in the error for an unknown variant. The caller sets the method and its loss options."""
+  if variant in DATASET_VARIANTS:
+    return recipes.self_supervised(base_config(variant))
+  if variant in image_variants:
+    return recipes.ssl_image(run_config(), variant)
+  raise ValueError(f"Unknown {name} variant {variant!r}; expected one of "
+                   f"{DATASET_VARIANTS + tuple(image_variants)}.")
