@@ -103,7 +103,9 @@ def run_config() -> ml_collections.ConfigDict:
   c.model.init_from = ""
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.reg = "l1"                # L_reg in {l1, mse, huber} (AdaCon Eq. 8)
+  # L_reg (AdaCon Eq. 8) in {l1, mse, huber, focal_l1, focal_mse, bmse}; 'bmse' = Balanced MSE (Ren
+  # et al. 2022; train/bmse.py), options in loss.bmse.
+  c.loss.reg = "l1"
   c.loss.huber_delta = 1.0
   # Units of L_reg with `data.normalize_targets`: 'normalized' (the head's target (y - mean) / std;
   # L1 shrinks by 1/std, MSE by 1/std^2) or 'label' (the head's output mapped back, mean + std *
@@ -118,6 +120,12 @@ def run_config() -> ml_collections.ConfigDict:
   c.loss.lds.sigma = 2.0
   c.loss.lds.reweight = "sqrt_inv"
   c.loss.lds.bin_width = 1.0
+  # Balanced MSE (loss.reg='bmse'; train/bmse.py, official jiawei-ren/BalancedMSE defaults): 'gai'
+  # (GMM of the training labels, gmm_components) or 'bmc' (batch Monte-Carlo); the noise scale sigma
+  # (in the units of L_reg's targets, see loss.reg_units) starts at init_noise_sigma and is trained
+  # at the constant rate sigma_lr, or frozen with fix_noise_sigma.
+  c.loss.bmse = ml_collections.ConfigDict(dict(kind="gai", init_noise_sigma=1.0, sigma_lr=1e-2,
+                                               fix_noise_sigma=False, gmm_components=8))
   c.loss.gamma_reg = 1.0
   c.loss.gamma_con = 0.0
   c.loss.features = "projection"   # which model output the contrastive loss sees

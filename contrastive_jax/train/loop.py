@@ -43,6 +43,7 @@ from contrastive_jax.evaluate.linear_probe import linear_probe_topk
 from contrastive_jax.evaluate.probe import knn_regression
 from contrastive_jax.evaluate.probe import ridge_probe
 from contrastive_jax.losses import lds_weights
+from contrastive_jax.train import bmse
 from contrastive_jax.train import objectives
 from contrastive_jax.train import run as run_lib
 from contrastive_jax.train.defaults import REQUIRED_FIELDS
@@ -483,6 +484,8 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   dataset = load_data(config)
   check_dataset(dataset, config.batch_size)
   config, prepared = objectives.prepare(config, dataset.train.y)  # the method's registry hook
+  if bmse.enabled(config):
+    bmse.check_config(config)
   lds = config.loss.get("lds")
   if lds is not None and lds.enabled:
     lds_kwargs = {k: v for k, v in lds.to_dict().items() if k != "enabled"}
@@ -493,6 +496,8 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
     mean, std = float(np.mean(dataset.train.y)), float(np.std(dataset.train.y)) or 1.0
   else:
     mean, std = 0.0, 1.0
+  # Balanced MSE (GAI): the GMM of the training labels in the units of the loss's targets.
+  gmm = bmse.label_gmm(config, dataset.train.y, mean, std) if bmse.enabled(config) else None
   log.info("Data %s: %d train / %d val / %d test examples, input shape %s; %d device(s).",
                dataset.name, len(dataset.train.y), len(dataset.val.y), len(dataset.test.y),
                dataset.train.x.shape[1:], mesh.size)
@@ -500,6 +505,8 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   model = models.build_model(config.model, AXIS, task="regression",
                              input_normalization=model_input_normalization(config, dataset))
   tx, schedule = make_optimizer(config.optim, config.num_train_steps)
+  if bmse.enabled(config):  # the noise scale: its own constant learning rate (or frozen)
+    tx = bmse.optimizer(tx, config)
   augment_fn = make_augment_fn(config, dataset.kind)
   select_fn = make_select_fn(config, dataset.kind)
   crop = host_crop(config, dataset)
@@ -516,7 +523,10 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
     example = augment_fn(jax.random.PRNGKey(0), example)
     variables = jax.jit(lambda k, x: model.init(k, x, train=False))(init_key, example)
     variables = initial_variables(init_from, model, variables, latest, log)
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+    params = variables["params"]
+    if bmse.enabled(config):  # Balanced MSE's noise scale, next to the model's parameters
+      params = bmse.add_sigma(params, config)
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                               batch_stats=variables.get("batch_stats", {}), rng=aug_key)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("Model %s: %s parameters.", config.model.encoder, f"{num_params:,}")
@@ -579,7 +589,7 @@ def regression_task(config: ml_collections.ConfigDict, mesh: Mesh) -> run_lib.Ta
   return run_lib.Task(
       identity=config_identity(config), init_state=init_state, host_batch=host_batch,
       train_step=make_train_step(model, config, mesh, augment_fn, schedule, mean, std, prepared,
-                                 select_fn),
+                                 select_fn, gmm),
       evaluate=lambda state, split: evaluate(state, getattr(dataset, split)),
       describe=evaluate.describe, final=final, metric=evaluate.metric,
       higher_is_better=evaluate.higher_is_better, loss_terms=loss_terms(config),

@@ -59,7 +59,9 @@ ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (No
                 "data.slice_pairs": ("same",), "data.crop_from": ("decoded",),
                 "model.dtype": ("float32",),
                 "data.long_tail_ratio": (1.0,), "eval.l2_knn_ks": ([],),
-                "data.oversample": (False,), "model.temporal": ("convlstm",)}
+                "data.oversample": (False,), "model.temporal": ("convlstm",),
+                "loss.bmse": ({"kind": "gai", "init_noise_sigma": 1.0, "sigma_lr": 0.01,
+                               "fix_noise_sigma": False, "gmm_components": 8},)}
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.

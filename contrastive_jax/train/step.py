@@ -19,7 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import data as data_lib
 from contrastive_jax.data.pipeline import UINT8_UNIT
+from contrastive_jax.losses import balanced_mse
 from contrastive_jax.losses import regression_loss
+from contrastive_jax.train import bmse
 from contrastive_jax.train import objectives
 
 AXIS = "batch"
@@ -187,14 +189,17 @@ def embedding_cache_grads(model, params, batch_stats, rows: jax.Array, objective
 
 def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callable,
                     target_mean: float = 0.0, target_std: float = 1.0,
-                    prepared: Optional[dict] = None, select_fn: Optional[Callable] = None):
+                    prepared: Optional[dict] = None, select_fn: Optional[Callable] = None,
+                    gmm: Optional[dict] = None):
   """Builds ``train_step(state, batch) -> (state, metrics)``, jitted over ``mesh``.
 
   ``batch`` holds globally sharded ``x``, ``y`` (natural units, for the contrastive loss), ``y_norm``
   (regression target ``(y - target_mean) / target_std``) and, with label-distribution smoothing,
   per-example ``weight``. ``prepared``: keyword arguments of the contrastive loss computed once from
   the training labels (``objectives.prepare``, e.g. AdaCon's ECDF, applied to each batch's labels
-  on device). ``select_fn``: see :func:`augment_views`. ``config.micro_batch_unroll`` chooses how micro-batches run (see
+  on device). ``select_fn``: see :func:`augment_views`. With ``loss.reg='bmse'`` (Balanced MSE,
+  :mod:`contrastive_jax.train.bmse`) ``L_reg`` uses the noise scale ``state.params[bmse.SIGMA_KEY]``
+  (metric ``noise_sigma``) and, for GAI, ``gmm``, the training-label GMM in the targets' units. ``config.micro_batch_unroll`` chooses how micro-batches run (see
   :func:`embedding_cache_grads`). A non-finite
   loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
   ``metrics['nonfinite']``, which the loop turns into an error naming the step.
@@ -207,6 +212,13 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   loss_kwargs = {**objectives.loss_kwargs(method, loss_cfg), **(prepared or {})}
   feature_key = loss_cfg.get("features", "projection")
   reg_kwargs = dict(loss_cfg.get("reg_kwargs", {}))  # e.g. focal_beta / focal_gamma for focal-R
+  if loss_cfg.reg not in bmse.TRAINER_REG_LOSSES:
+    raise ValueError(f"Unknown regression loss `loss.reg`={loss_cfg.reg!r}; expected one of "
+                     f"{bmse.TRAINER_REG_LOSSES}.")
+  bmse_opts = bmse.check_config(config) if bmse.enabled(config) else None
+  if bmse_opts is not None and bmse_opts["kind"] == "gai" and gmm is None:
+    raise ValueError("`loss.reg`='bmse' with `loss.bmse.kind`='gai' needs the training-label GMM "
+                     "(make_train_step(..., gmm=bmse.label_gmm(config, train_labels, mean, std))).")
   reg_units = loss_cfg.get("reg_units", "normalized")
   if reg_units not in REG_UNITS:
     raise ValueError(f"Unknown `loss.reg_units`={reg_units!r}; expected one of {REG_UNITS}.")
@@ -241,14 +253,18 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
 
     weights = jnp.repeat(batch["weight"], views) if "weight" in batch else None
 
-    def objective(out):
-      """``gamma_reg L_reg + gamma_con L_con`` (AdaCon Eq. 8) of the model outputs of all views."""
+    def objective(out, sigma=None):
+      """``gamma_reg L_reg + gamma_con L_con`` (AdaCon Eq. 8) of the model outputs of all views
+      (``sigma``: Balanced MSE's noise scale)."""
       pred = out["prediction"]
       if reg_units == "label":  # L_reg of mean + std * output against y, in label units
         pred = pred * target_std + target_mean
-      loss_reg = jax.lax.pmean(
-          regression_loss(pred, targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
-                          weights, **reg_kwargs), AXIS)
+      if bmse_opts is not None:
+        loss_reg = balanced_mse(pred, targets, sigma, bmse_opts["kind"], gmm, weights=weights)
+      else:
+        loss_reg = regression_loss(pred, targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
+                                   weights, **reg_kwargs)
+      loss_reg = jax.lax.pmean(loss_reg, AXIS)
       features = out[feature_key].reshape(b, views, -1)
       preds = jax.lax.stop_gradient(out["prediction"]).reshape(b, views)
       inputs = {"labels": batch["y"], "key": loss_key, "preds": preds * target_std + target_mean}
@@ -258,10 +274,12 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
 
     if micro_batch is None:
       def loss_fn(params):
-        out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
+        out, updates = model.apply({"params": bmse.model_params(params),
+                                    "batch_stats": state.batch_stats}, flat,
                                    train=True, mutable=["batch_stats"],
                                    rngs={"dropout": dropout_key})
-        total, (loss_reg, loss_con) = objective(out)
+        sigma = None if bmse_opts is None else bmse.noise_sigma(params, bmse_opts)
+        total, (loss_reg, loss_con) = objective(out, sigma)
         return total, (loss_reg, loss_con, updates["batch_stats"])
 
       (loss, (loss_reg, loss_con, batch_stats)), grads = jax.value_and_grad(
@@ -277,6 +295,8 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
         "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
         "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
     }
+    if bmse_opts is not None:
+      metrics["noise_sigma"] = state.params[bmse.SIGMA_KEY]  # the value this step's loss used
     return new_state, metrics
 
   sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()))
@@ -294,7 +314,8 @@ def make_predict_step(model, mesh, output: str = "prediction",
   def local_predict(state, x):
     if preprocess is not None:
       x = preprocess(x)
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+    out = model.apply({"params": bmse.model_params(state.params), "batch_stats": state.batch_stats},
+                      x, train=False)
     return out[output]
 
   return jax.jit(jax.shard_map(local_predict, mesh=mesh, in_specs=(P(), P(AXIS)),
