@@ -66,9 +66,9 @@ def _step_setup(kind, fix):
   return config
 
 
-@pytest.mark.parametrize("kind,fix,weighted", [("gai", False, True), ("bmc", True, False)])
-def test_trainer_loss_matches_paper_reference_and_sigma_has_its_own_lr(kind, fix, weighted):
-  config = _step_setup(kind, fix)
+def test_trainer_loss_matches_paper_reference_and_sigma_has_its_own_lr():
+  """One train step on a fixed batch: GAI (weighted, sigma learned) and BMC (sigma frozen)."""
+  config = _step_setup("gai", False)
   mesh = run.make_mesh()
   model = models.build_model(config.model, axis_name=AXIS)
   rng = np.random.default_rng(0)
@@ -85,38 +85,40 @@ def test_trainer_loss_matches_paper_reference_and_sigma_has_its_own_lr(kind, fix
                                                 variables, np.repeat(x, views, axis=0))
   pred = np.asarray(out["prediction"], np.float64)
   target = np.repeat((y.astype(np.float64) - mean) / std, views)
-  weights = np.repeat(w, views) if weighted else None
-  gmm = _GMM if kind == "gai" else None
-
-  tx, schedule = make_optimizer(config.optim, 10)
-  state = jax.jit(lambda v: TrainState.create(
-      apply_fn=model.apply, params=bmse.add_sigma(v["params"], config), tx=bmse.optimizer(tx, config),
-      batch_stats=v.get("batch_stats", {}), rng=jax.random.PRNGKey(1)))(variables)
-  before = jax.tree.map(np.asarray, state.params)
-  step = make_train_step(model, config, mesh, lambda k, v: v, schedule, mean, std, gmm=gmm)
-  batch = {"x": x, "y": y, "y_norm": (y - mean) / std}
-  if weighted:
-    batch["weight"] = w
-  new_state, metrics = step(state, run.shard_batch(batch, mesh))
-
   sigma0 = 0.7
-  np.testing.assert_allclose(float(metrics["loss_reg"]),
-                             paper_bmse(pred, target, sigma0, kind, gmm, weights), rtol=2e-5)
-  assert float(metrics["noise_sigma"]) == np.float32(sigma0)
-  after = jax.tree.map(np.asarray, new_state.params)
-  chex.assert_trees_all_equal(bmse.model_params(after), bmse.model_params(before))  # model lr 0
-  sigma1 = float(after[bmse.SIGMA_KEY])
-  if fix:
-    assert sigma1 == np.float32(sigma0)
-    return
-  # SGD (momentum: the first step is the gradient) at the constant sigma_lr, coupled weight decay;
-  # d loss / d sigma = 2 s2 d(mean l)/d sigma (the 2 s2 scale is a stop-gradient), by differences.
-  unscaled = lambda s: paper_bmse(pred, target, s, kind, gmm, weights) / (2 * s * s)
-  h = 1e-6
-  grad = 2 * sigma0 ** 2 * (unscaled(sigma0 + h) - unscaled(sigma0 - h)) / (2 * h)
-  expected = sigma0 - 0.05 * (grad + config.optim.weight_decay * sigma0)
-  assert abs(sigma1 - sigma0) > 1e-3
-  np.testing.assert_allclose(sigma1, expected, rtol=1e-5, atol=1e-6)
+
+  for kind, fix, weighted in (("gai", False, True), ("bmc", True, False)):
+    config = _step_setup(kind, fix)
+    weights = np.repeat(w, views) if weighted else None
+    gmm = _GMM if kind == "gai" else None
+    tx, schedule = make_optimizer(config.optim, 10)
+    state = jax.jit(lambda v, c=config, t=tx: TrainState.create(
+        apply_fn=model.apply, params=bmse.add_sigma(v["params"], c), tx=bmse.optimizer(t, c),
+        batch_stats=v.get("batch_stats", {}), rng=jax.random.PRNGKey(1)))(variables)
+    before = jax.tree.map(np.asarray, state.params)
+    step = make_train_step(model, config, mesh, lambda k, v: v, schedule, mean, std, gmm=gmm)
+    batch = {"x": x, "y": y, "y_norm": (y - mean) / std}
+    if weighted:
+      batch["weight"] = w
+    new_state, metrics = step(state, run.shard_batch(batch, mesh))
+
+    np.testing.assert_allclose(float(metrics["loss_reg"]),
+                               paper_bmse(pred, target, sigma0, kind, gmm, weights), rtol=2e-5)
+    assert float(metrics["noise_sigma"]) == np.float32(sigma0)
+    after = jax.tree.map(np.asarray, new_state.params)
+    chex.assert_trees_all_equal(bmse.model_params(after), bmse.model_params(before))  # model lr 0
+    sigma1 = float(after[bmse.SIGMA_KEY])
+    if fix:
+      assert sigma1 == np.float32(sigma0)
+      continue
+    # SGD (momentum: the first step is the gradient) at the constant sigma_lr, coupled weight
+    # decay; d loss / d sigma = 2 s2 d(mean l)/d sigma (the 2 s2 scale is a stop-gradient).
+    unscaled = lambda s, g=gmm, ww=weights: paper_bmse(pred, target, s, "gai", g, ww) / (2 * s * s)
+    h = 1e-6
+    grad = 2 * sigma0 ** 2 * (unscaled(sigma0 + h) - unscaled(sigma0 - h)) / (2 * h)
+    expected = sigma0 - 0.05 * (grad + config.optim.weight_decay * sigma0)
+    assert abs(sigma1 - sigma0) > 1e-3
+    np.testing.assert_allclose(sigma1, expected, rtol=1e-5, atol=1e-6)
 
 
 def _tiny(steps=10, stop=-1):
@@ -124,8 +126,8 @@ def _tiny(steps=10, stop=-1):
   config = regression.get_config("diabetes")
   config.model.encoder_kwargs.hidden_sizes = (32,)
   config.batch_size, config.eval_batch_size, config.num_train_steps = 32, 64, steps
-  config.log_every = config.checkpoint_every = 5
-  config.eval_every = 10
+  config.log_every = 5
+  config.eval_every = config.checkpoint_every = 10  # stop_at_step checkpoints step 5 too
   config.optim.warmup_steps = 2
   config.loss.reg = "bmse"
   config.stop_at_step = stop
@@ -199,6 +201,9 @@ def test_bad_bmse_settings_name_the_field(tmp_path):
   config.loss.bmse.gmm_components = 500  # more than the distinct diabetes targets: before training
   with pytest.raises(ValueError, match="loss.bmse.gmm_components"):
     train_and_evaluate(config, str(tmp_path / "a"))
+  from contrastive_jax.losses import balanced_mse  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="bmc_sample"):
+    balanced_mse(np.zeros(3), np.zeros(3), 1.0, "gai", _GMM, bmc_sample=np.zeros(3))
   config = _tiny(steps=2)
   config.loss.bmse.sigma_lrr = 0.1
   with pytest.raises(ValueError, match="did you mean loss.bmse.sigma_lr"):
@@ -226,3 +231,20 @@ def test_old_configs_keep_their_identity():
   config.loss.bmse.kind = "bmc"  # a non-default option is part of the identity
   with pytest.raises(ValueError, match="loss.bmse"):
     run.refuse_changed_config("ckpt", stored, run.config_identity(config))
+
+
+@pytest.mark.parametrize("kind", ["gai", "bmc"])
+def test_loss_of_a_split_batch_is_that_of_the_whole_batch(kind):
+  """``bmse.global_loss`` on 2 shards (``vmap`` with a named axis stands in for the devices) equals
+  the loss of the whole batch, weighted too: BMC's sample is every shard's targets."""
+  rng = np.random.default_rng(5)
+  pred, target = rng.normal(size=12), rng.normal(size=12)
+  w = rng.uniform(0.5, 2.0, size=12)
+  gmm = _GMM if kind == "gai" else None
+  split = lambda a: jnp.asarray(a.reshape(2, 6), jnp.float32)
+  fn = lambda p, t, ww: bmse.global_loss(p, t, jnp.float32(0.8), kind, gmm, ww, "shards")
+  both = jax.jit(lambda p, t, ww: (jax.vmap(lambda a, b: fn(a, b, None), axis_name="shards")(p, t),
+                                   jax.vmap(fn, axis_name="shards")(p, t, ww)))
+  for got, weights in zip(both(split(pred), split(target), split(w)), (None, w)):
+    np.testing.assert_allclose(np.asarray(got), paper_bmse(pred, target, 0.8, kind, gmm, weights),
+                               rtol=2e-5)

@@ -384,7 +384,8 @@ def _scalar_regression_array(x, name: str):
 
 
 def balanced_mse(predictions: jax.Array, targets: jax.Array, noise_sigma, kind: str = "gai",
-                 gmm: Optional[GMMLike] = None, *, weights: Optional[jax.Array] = None) -> jax.Array:
+                 gmm: Optional[GMMLike] = None, *, weights: Optional[jax.Array] = None,
+                 bmc_sample: Optional[jax.Array] = None) -> jax.Array:
   """Balanced MSE (Ren et al. 2022): ``kind='gai'`` (needs ``gmm``) or ``'bmc'`` (batch Monte-Carlo).
 
   ``predictions``, ``targets``: ``[N]`` or ``[N, 1]``, same shape. ``noise_sigma``: a scalar the
@@ -395,6 +396,10 @@ def balanced_mse(predictions: jax.Array, targets: jax.Array, noise_sigma, kind: 
   ``covariances_ [K, 1, 1]`` is accepted). ``weights`` (optional, ``[N]``): a normalised weighted mean
   ``sum w_i l_i / sum w_i`` -- PyTorch ``cross_entropy(weight=...)`` semantics, as in ACCon's
   ``bmc_loss(..., weight)``; the same rule is used for GAI (no official weighted GAI exists).
+  ``bmc_sample`` (BMC only, optional ``[M]``): the labels whose Gaussians form BMC's denominator,
+  which must include the ``targets`` (default: the ``targets``, as the official code), e.g. the
+  targets of the whole batch gathered from every device; example ``i``'s loss is then
+  ``logsumexp_j(-(yhat_i - s_j)^2 / (2 s2)) + (yhat_i - y_i)^2 / (2 s2)``.
   Returns a float32 scalar (float64 for float64 predictions under x64).
   """
   if kind not in BALANCED_MSE_KINDS:
@@ -426,14 +431,24 @@ def balanced_mse(predictions: jax.Array, targets: jax.Array, noise_sigma, kind: 
     check_finite(w_arr, "weights")
     w = jnp.reshape(jnp.asarray(w_arr), (n,)).astype(dtype)
 
+  sample = None
+  if bmc_sample is not None:
+    if kind != "bmc":
+      raise ValueError("`bmc_sample` is for kind='bmc' only.")
+    sample = _scalar_regression_array(bmc_sample, "bmc_sample")
+    check_finite(sample, "bmc_sample")
+    sample = jnp.reshape(jnp.asarray(sample), (sample.shape[0],)).astype(dtype)
   gmm_arrays = _gmm_arrays(gmm, dtype) if kind == "gai" else None
-  return _balanced_mse(pred, target, noise_var, gmm_arrays, w, kind=kind)
+  return _balanced_mse(pred, target, noise_var, gmm_arrays, w, sample, kind=kind)
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))
-def _balanced_mse(pred, target, noise_var, gmm_arrays, w, *, kind):
+def _balanced_mse(pred, target, noise_var, gmm_arrays, w, sample=None, *, kind):
   """Balanced MSE after validation: one compiled program per shape (also when called eagerly)."""
-  if kind == "bmc":
+  if kind == "bmc" and sample is not None:
+    logits = -0.5 * jnp.square(pred[:, None] - sample[None, :]) / noise_var  # [N, M]
+    per_example = jax.nn.logsumexp(logits, axis=1) + 0.5 * jnp.square(pred - target) / noise_var
+  elif kind == "bmc":
     logits = -0.5 * jnp.square(pred[:, None] - target[None, :]) / noise_var  # [N, N]
     per_example = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
   else:

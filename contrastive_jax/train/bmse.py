@@ -4,20 +4,22 @@ The loss is :func:`contrastive_jax.losses.balanced_mse`: ``-log N(y; yhat, s2) +
 s2) p_train(y') dy'`` (the paper's balanced likelihood), scaled by ``2 s2``, with the integral in
 closed form against a GMM of the training labels (GAI) or estimated from the batch's targets as
 Monte-Carlo samples (BMC). This module wires it into the regression trainer, following the official code
-(jiawei-ren/BalancedMSE at c6f2f33, ``imdb-wiki-dir/``; its ``train.py`` also serves AgeDB):
+(jiawei-ren/BalancedMSE at c6f2f33, ``imdb-wiki-dir/``; its ``train.py:62`` also takes AgeDB):
 
 * ``loss.bmse.kind`` 'gai' | 'bmc' (``train.py:47``, default 'gai'). BNI (``balanaced_mse.py:51-75``,
   bucket-based) is not implemented here.
 * The noise scale ``sigma`` is a trainable scalar (``balanaced_mse.py:12``, an ``nn.Parameter`` of
-  the criterion), initialised to ``loss.bmse.init_noise_sigma`` (``train.py:49``, default 1.0) and
-  added to the model's optimizer as its own parameter group with ``lr = loss.bmse.sigma_lr``
-  (``train.py:50``, 1e-2; ``train.py:231-232`` ``optimizer.add_param_group``), which the learning-rate
-  schedule skips (``utils.py:85-88``): a constant rate. Here it is the leaf ``params[SIGMA_KEY]`` of
-  the train state (checkpointed and restored with the model), updated by the run's optimizer kind
-  (``optim.name``, momentum, weight decay: torch's ``add_param_group`` inherits the optimizer's
-  defaults, so SGD's weight decay applies to it and Adam has none unless ``optim.weight_decay`` is
-  set, as for the model) at a constant ``sigma_lr`` (``optax.multi_transform``). With
-  ``loss.bmse.fix_noise_sigma`` it is not trained (``train.py:52, 231``: not added to the optimizer).
+  the criterion), initialised to ``loss.bmse.init_noise_sigma`` (``train.py:49``, default 1.0; the
+  README's IMDB-WIKI commands use 10) and added to the model's optimizer as its own parameter group
+  with ``lr = loss.bmse.sigma_lr`` (``train.py:50``, 1e-2; ``train.py:231-232``
+  ``optimizer.add_param_group``), which the learning-rate schedule skips (``utils.py:85-88``): a
+  constant rate. Here it is the leaf ``params[SIGMA_KEY]`` of the train state (checkpointed and
+  restored with the model), updated by the run's optimizer kind (``optim.name``, momentum) at a
+  constant ``sigma_lr`` (``optax.multi_transform``). Weight decay: torch's ``add_param_group``
+  inherits the optimizer's defaults, so the official SGD decays sigma and the official Adam
+  (``train.py:182``, no weight decay) does not; here ``optim.weight_decay`` applies to sigma as to
+  the model. With ``loss.bmse.fix_noise_sigma`` it is not trained (``train.py:52, 231``: not added
+  to the optimizer).
 * GAI's GMM: ``sklearn GaussianMixture(K=8, random_state=0)`` of the training labels
   (``preprocess_gmm.py:43, 70-79``), here :func:`fit_label_gmm` with ``K = loss.bmse.gmm_components``,
   fitted in the UNITS THE LOSS SEES: the normalised targets ``(y - mean) / std`` when
@@ -32,10 +34,12 @@ Monte-Carlo samples (BMC). This module wires it into the regression trainer, fol
   ACCon's own BMSE run is ``loss.bmse.kind=bmc, loss.bmse.fix_noise_sigma=True`` (+ LDS).
 * The loss is scaled by ``stop_gradient(2 sigma^2)`` (``balanaced_mse.py:27, 46``), inside
   ``balanced_mse``.
+* On several devices the loss is that of the global batch (:func:`global_loss`), as with PyTorch's
+  ``DataParallel``, which gathers the outputs before the criterion: BMC's Monte-Carlo sample is every
+  device's targets, and weighted means are normalised by the global sum of the weights.
 
 Limits: scalar labels only; no ``micro_batch`` (gradient caching differentiates the objective with
-respect to the model outputs only); on several devices BMC's Monte-Carlo sample is each device's rows
-(the per-device losses are averaged), GAI does not depend on the layout.
+respect to the model outputs only); the noise scale is not carried over by ``model.init_from``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import numpy as np
 import optax
 
 from contrastive_jax.losses.imbalance import BALANCED_MSE_KINDS
+from contrastive_jax.losses.imbalance import balanced_mse
 from contrastive_jax.losses.imbalance import fit_label_gmm
 from contrastive_jax.losses.regression import REGRESSION_LOSSES
 from contrastive_jax.train.optim import make_optimizer
@@ -147,7 +152,8 @@ def _labels(params):
 def optimizer(tx: optax.GradientTransformation, config) -> optax.GradientTransformation:
   """``tx`` (the model's optimizer) for the model's leaves and, for the noise scale, the same
   optimizer kind at a constant ``loss.bmse.sigma_lr`` (no warm-up, no schedule), or no update with
-  ``loss.bmse.fix_noise_sigma`` (module docstring)."""
+  ``loss.bmse.fix_noise_sigma`` (module docstring). Weight decay follows ``optim.weight_decay`` and
+  ``optim.exclude_bias_and_norm`` (which, like LARS' trust-ratio mask, leaves 0-d leaves alone)."""
   opts = options(config)
   if opts["fix_noise_sigma"]:
     sigma_tx = optax.set_to_zero()
@@ -162,3 +168,17 @@ def noise_sigma(params, opts: dict) -> jax.Array:
   """The noise scale of ``params`` as the loss sees it (a stop-gradient when fixed)."""
   sigma = params[SIGMA_KEY]
   return jax.lax.stop_gradient(sigma) if opts["fix_noise_sigma"] else sigma
+
+
+def global_loss(pred, targets, sigma, kind: str, gmm, weights, axis_name: str) -> jax.Array:
+  """Balanced MSE of the whole batch inside ``shard_map`` over ``axis_name``, from this device's
+  ``pred`` / ``targets`` / ``weights`` (equal row counts on every device): the same value on any
+  device layout. BMC's denominator runs over the targets gathered from every device; the weighted
+  mean ``sum w l / sum w`` is ``pmean(W_d L_d) / pmean(W_d)`` with ``L_d`` the device's weighted mean
+  and ``W_d`` its weight sum (the ``2 s2`` scale is a common factor)."""
+  sample = jax.lax.all_gather(targets, axis_name, tiled=True) if kind == "bmc" else None
+  local = balanced_mse(pred, targets, sigma, kind, gmm, weights=weights, bmc_sample=sample)
+  if weights is None:
+    return jax.lax.pmean(local, axis_name)
+  total = jnp.sum(weights).astype(local.dtype)
+  return jax.lax.pmean(total * local, axis_name) / jax.lax.pmean(total, axis_name)

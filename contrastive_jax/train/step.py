@@ -19,7 +19,6 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import data as data_lib
 from contrastive_jax.data.pipeline import UINT8_UNIT
-from contrastive_jax.losses import balanced_mse
 from contrastive_jax.losses import regression_loss
 from contrastive_jax.train import bmse
 from contrastive_jax.train import objectives
@@ -260,11 +259,11 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
       if reg_units == "label":  # L_reg of mean + std * output against y, in label units
         pred = pred * target_std + target_mean
       if bmse_opts is not None:
-        loss_reg = balanced_mse(pred, targets, sigma, bmse_opts["kind"], gmm, weights=weights)
+        loss_reg = bmse.global_loss(pred, targets, sigma, bmse_opts["kind"], gmm, weights, AXIS)
       else:
-        loss_reg = regression_loss(pred, targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
-                                   weights, **reg_kwargs)
-      loss_reg = jax.lax.pmean(loss_reg, AXIS)
+        loss_reg = jax.lax.pmean(
+            regression_loss(pred, targets, loss_cfg.reg, loss_cfg.get("huber_delta", 1.0),
+                            weights, **reg_kwargs), AXIS)
       features = out[feature_key].reshape(b, views, -1)
       preds = jax.lax.stop_gradient(out["prediction"]).reshape(b, views)
       inputs = {"labels": batch["y"], "key": loss_key, "preds": preds * target_std + target_mean}
