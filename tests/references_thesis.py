@@ -196,3 +196,51 @@ def dcl_two_way_ref(features, temperature=0.1):
       out += -a[i] @ b[i] / temperature + _logsumexp(neg)
     return out / n
   return 0.5 * (one_way(a, b) + one_way(b, a))
+
+
+def dclw_lightly_ref(features, temperature=0.1, sigma=0.5):
+  """lightly's ``DCLWLoss`` for two views: (l(z1, z2) + l(z2, z1)) / 2, the one-way l(a, b) =
+  mean_n [-w_n a_n.b_n/tau + log(sum_{m != n} e^{a_n.a_m/tau} + sum_{m != n} e^{a_n.b_m/tau})]
+  with w_n = 2 - N softmax_n(a.b / sigma) over the N pairs."""
+  f = np.asarray(features, dtype=np.float64)
+  z = f / np.linalg.norm(f, axis=2, keepdims=True)
+  a, b = z[:, 0], z[:, 1]
+
+  def one_way(a, b):
+    n = len(a)
+    pos = np.array([a[i] @ b[i] for i in range(n)])
+    e = np.exp(pos / sigma - np.max(pos / sigma))
+    w = 2.0 - n * e / e.sum()
+    out = 0.0
+    for i in range(n):
+      neg = [a[i] @ a[j] / temperature for j in range(n) if j != i]
+      neg += [a[i] @ b[j] / temperature for j in range(n) if j != i]
+      out += -w[i] * pos[i] / temperature + _logsumexp(neg)
+    return out / n
+  return 0.5 * (one_way(a, b) + one_way(b, a))
+
+
+def dclw_weights(features, sigma=0.5):
+  """DCLW's w_i = 2 - M softmax_i(cbar_i / sigma) over the M rows, cbar_i = mean positive cosine."""
+  z, sample, _ = _rows(features)
+  c = _cosine(z)
+  m = len(sample)
+  cbar = np.array([np.mean([c[i, j] for j in range(m) if j != i and sample[j] == sample[i]])
+                   for i in range(m)])
+  e = np.exp(cbar / sigma - np.max(cbar / sigma))
+  return 2.0 - m * e / e.sum()
+
+
+def dclw_ref(features, temperature=0.1, sigma=0.5, weights=None):
+  """DCL with anchor i's positive term weighted by ``weights`` (default :func:`dclw_weights`)."""
+  z, sample, _ = _rows(features)
+  c = _cosine(z)
+  m = len(sample)
+  w = dclw_weights(features, sigma) if weights is None else weights
+  total = 0.0
+  for i in range(m):
+    positives = [j for j in range(m) if j != i and sample[j] == sample[i]]
+    negatives = [k for k in range(m) if sample[k] != sample[i]]
+    total += -w[i] * sum(c[i, j] / temperature for j in positives) / len(positives)
+    total += _logsumexp([c[i, k] / temperature for k in negatives])
+  return total / m

@@ -111,6 +111,7 @@ def _value_configs():
   configs['simclr_t0.3'] = (lambda f: simclr(f, 0.3), lambda f: RT.dystress_ref(f, 0.3, 0.3))
   configs['dcl_default'] = (dcl, RT.dcl_ref)  # DCL (Yeh et al. Eq. 6), the Ch. 5 / 6 comparator
   configs['dcl_t0.5'] = (lambda f: dcl(f, 0.5), lambda f: RT.dcl_ref(f, 0.5))
+  configs['dclw_default'] = (lambda f: dcl(f, sigma=0.5), lambda f: RT.dclw_ref(f, 0.1, 0.5))
   return configs
 
 
@@ -382,6 +383,7 @@ LOSS_FNS = {
     'dystress_shifted': lambda f: dystress(f, 0.1, 0.2, 'shifted', -0.2, 0.6),
     'dystress_exponential': lambda f: dystress(f, 0.1, 0.2, 'exponential'),
     'dcl': dcl,
+    'dclw': lambda f: dcl(f, sigma=0.5),
 }
 SCALE_INVARIANT = [n for n in LOSS_FNS if n != 'combo_raw']
 _INV = make_features(80, 5, 3, 8, 'moderate')
@@ -438,6 +440,7 @@ TRACED_FNS = {  # t: the temperature (tau_min for DySTreSS), traced
     'dystress_exponential_through': lambda f, t: dystress(f, t, 0.2, 'exponential',
                                                           grad_through_temperature=True),
     'dcl': dcl,
+    'dclw': lambda f, t: dcl(f, t, 0.5),
 }
 _BASE = make_features(70, 5, 3, 8, 'unit')
 EXTREME_INPUTS = {
@@ -471,11 +474,26 @@ def test_finite_for_extreme_inputs(kind, t):
 
 
 def test_dcl_is_lightlys_two_way_loss_and_below_nt_xent():
-  """Two views: the mean over the 2N anchors is lightly's (l(z1, z2) + l(z2, z1)) / 2; dropping the
-  positive from the denominator makes it smaller than NT-Xent at the same tau."""
+  """Two views: the mean over the 2N anchors is lightly's (l(z1, z2) + l(z2, z1)) / 2 (DCL and DCLW);
+  dropping the positive from the denominator makes DCL smaller than NT-Xent at the same tau."""
   f = make_features(91, 6, 2, 5)
   assert_close(dcl(f, 0.1), RT.dcl_two_way_ref(f, 0.1))
+  assert_close(dcl(f, 0.1, 0.5), RT.dclw_lightly_ref(f, 0.1, 0.5))
   assert float(simclr(f, 0.1)) > float(dcl(f, 0.1))
+  np.testing.assert_allclose(np.mean(RT.dclw_weights(f, 0.5)), 1.0, rtol=1e-12)  # weights mean 1
+
+
+def test_dclw_gradient_treats_the_weights_as_constants(x64):  # pylint: disable=redefined-outer-name,unused-argument
+  """DCLW's weights are stop-gradient (lightly): the gradient is the finite difference of the
+  reference with the weights frozen at the point's values, not of the reference itself."""
+  f = _X_GRAD
+  frozen = RT.dclw_weights(f, 0.5)
+  grad = jax.jit(jax.grad(lambda x: dcl(x, 0.2, 0.5)))(jnp.asarray(f))
+  np.testing.assert_allclose(np.asarray(grad),
+                             central_difference(lambda x: RT.dclw_ref(x, 0.2, 0.5, frozen), f),
+                             rtol=1e-6, atol=1e-8)
+  moving = central_difference(lambda x: RT.dclw_ref(x, 0.2, 0.5), f)
+  assert np.max(np.abs(np.asarray(grad) - moving)) > 1e-4
 
 
 def test_identical_features_closed_forms():
@@ -536,6 +554,7 @@ def test_bad_features_raise(name, bad):
     (lambda: dcl(_F, -0.1), 'temperature'),
     (lambda: dcl(_F[:, :1]), 'views'),
     (lambda: dcl(_F[:1]), 'at least 2 samples'),
+    (lambda: dcl(_F, 0.1, 0.0), 'sigma'),
     (lambda: binary_contrastive(_F, float('nan')), 'temperature'),
     (lambda: binary_contrastive(_F, nu=0.0), 'nu'),
     (lambda: binary_contrastive(_F, nu=-1.0), 'nu'),
@@ -584,6 +603,7 @@ SHARDED_LOSSES = {
     'dystress_shifted': (lambda f, axis_name=None: dystress(
         f, 0.1, 0.2, 'shifted', -0.4, 0.7, axis_name=axis_name), 3),
     'dcl': (lambda f, axis_name=None: dcl(f, 0.2, axis_name=axis_name), 2),
+    'dclw': (lambda f, axis_name=None: dcl(f, 0.2, 0.5, axis_name=axis_name), 2),
 }
 
 

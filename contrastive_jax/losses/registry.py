@@ -195,7 +195,7 @@ register("binary_contrastive_combo", Method(
     options=("temperature", "contr_temperature", "contr_weight", "nu", "normalize_contr")
     + PAIRWISE_OPTIONS))
 register("mio", Method(mio, inputs=(), options=("temperature", "version") + PAIRWISE_OPTIONS))
-register("dcl", Method(dcl, inputs=(), options=("temperature",) + PAIRWISE_OPTIONS))
+register("dcl", Method(dcl, inputs=(), options=("temperature", "sigma") + PAIRWISE_OPTIONS))
 register("dystress", Method(dystress, inputs=(),
                             options=("tau_min", "tau_max", "profile", "shift", "scale", "rate",
                                      "grad_through_temperature") + PAIRWISE_OPTIONS))
