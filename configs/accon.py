@@ -87,13 +87,16 @@ from ml_collections.config_dict import placeholder
 from contrastive_jax.train import recipes
 from contrastive_jax.train.defaults import run_config
 
-VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki", "sts_b")
+VARIANTS = ("digits_angle", "diabetes", "agedb", "imdb_wiki", "sts_b", "agedb_with_conr",
+            "imdb_wiki_with_conr")
 
 
 def get_config(variant: str = "digits_angle"):
   if variant not in VARIANTS:
     raise ValueError(f"Unknown config variant {variant!r} of configs/accon.py; expected one of "
                      f"{VARIANTS}.")
+  if variant.endswith("_with_conr"):
+    return _with_conr(get_config(variant[:-len("_with_conr")]))
   config = run_config()  # the neutral base; the variant's recipe sets data, model and budget
   if variant in recipes.BUNDLED_VARIANTS:
     recipes.bundled(config, variant)
@@ -127,4 +130,16 @@ def get_config(variant: str = "digits_angle"):
     config.loss.gamma_con = 10.0               # README: --regularization_weight 10
     config.model.proj_dim = 2000               # README: --proj_dims 2000
     config.model.proj_hidden_dim = 2000        # ours: hidden width 2000, not the 12,000-d input
+  return config
+
+
+def _with_conr(config):
+  """Table 2's "+ACCon+ConR" rows on the same recipe: Haifengtao/ACCon ``agedb/loss.py::acConR``,
+  ConR (window 1, its official t = 0.07 and denominator) whose confusing negatives carry ACCon's
+  angle compensation over the label range 100 (``losses.conr``, ``angle_range``), with the
+  regularisation weight gamma = 1 of the ACCon runs. Add ``+ data.kwargs.split_mode=balanced`` for
+  the DIR splits and ``+ loss.lds.enabled=True`` for the "+LDS" rows."""
+  config.method = "conr"
+  config.loss.contrastive = ml_collections.ConfigDict(dict(
+      window=1.0, temperature=0.07, e=0.01, official=True, angle_range=100.0))
   return config

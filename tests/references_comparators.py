@@ -207,3 +207,65 @@ def adaptive_triplet_ref(features, labels, margin_scale=1.0, mining="all", dista
   if mining == "all":
     return total / count if count else 0.0
   return float(np.mean(per_anchor))
+
+
+def _angle_logit(cos_theta, label_dist, angle_range, temperature):
+  """ACCon's cos(theta + phi) / tau with phi = (1 - |dy| / R) pi, sin theta = sqrt(1 - c^2 + 1e-6)."""
+  phi = (1.0 - label_dist / angle_range) * math.pi
+  sin_theta = math.sqrt(1.0 - cos_theta ** 2 + 1e-6)
+  return (cos_theta * math.cos(phi) - sin_theta * abs(math.sin(phi))) / temperature
+
+
+def acconr_ref(features, labels, preds, angle_range, window=1.0, temperature=0.07, weights=None):
+  """"+ACCon+ConR" (paper form): ConR whose confusing negatives enter the denominator as
+  exp(cos(theta + phi) / tau) (ACCon's angle, theta of the cosine itself), no pushing weight."""
+  z, sample = _rows(features)
+  z = _unit(z)
+  m = z.shape[0]
+  y = np.asarray(labels, np.float64)[sample]
+  p = np.asarray(preds, np.float64).reshape(-1)
+  w = np.ones(m) if weights is None else np.asarray(weights, np.float64)[sample]
+  total = 0.0
+  for i in range(m):
+    pos = [k for k in range(m) if k != i and abs(y[k] - y[i]) <= window]
+    neg = [k for k in range(m) if abs(y[k] - y[i]) > window and abs(p[k] - p[i]) <= window]
+    if not pos or not neg:
+      continue
+    c = lambda k, i=i: min(max(float(z[i] @ z[k]), -1.0), 1.0)
+    denom = sum(math.exp(c(k) / temperature) for k in pos)
+    denom += sum(math.exp(_angle_logit(c(k), abs(y[k] - y[i]), angle_range, temperature))
+                 for k in neg)
+    total += w[i] * -sum(c(k) / temperature - math.log(denom) for k in pos) / len(pos)
+  return total / m
+
+
+def acconr_official_ref(features, labels, preds, angle_range=100.0, window=1.0, weights=None):
+  """Haifengtao/ACCon ``agedb/loss.py::acConR`` line by line in NumPy (t = 0.07; cos theta = the
+  clamp of the similarity ALREADY divided by t; every non-positive column adds exp(0) = 1 to the
+  denominator, as ConR's official code); anchors without a positive give 0 here (0/0 there)."""
+  t = 0.07
+  z, sample = _rows(features)
+  q = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+  m = z.shape[0]
+  targets = np.asarray(labels, np.float64)[sample][:, None]
+  preds_c = np.asarray(preds, np.float64).reshape(m, 1)
+  weights_c = np.ones((m, 1)) if weights is None else np.asarray(weights, np.float64)[sample][:, None]
+  l_dist = np.abs(targets - targets.T)
+  p_dist = np.abs(preds_c - preds_c.T)
+  pos_i = l_dist <= window
+  neg_i = (~pos_i) & (p_dist <= window)
+  np.fill_diagonal(pos_i, False)
+  prod = q @ q.T / t
+  pos = prod * pos_i
+  phi = (1 - l_dist / angle_range) * np.pi
+  cos_theta = np.clip(prod, -1, 1)
+  sin_theta = np.sqrt(1 - cos_theta ** 2 + 1e-6)
+  neg_logit = (cos_theta * np.cos(phi) - sin_theta * np.abs(np.sin(phi))) / t
+  neg_exp_dot = (np.exp(neg_logit * neg_i) * neg_i).sum(1)
+  no_neg_flag = neg_i.sum(1).astype(bool)
+  denom = pos_i.sum(1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    ratio = np.exp(pos) / (np.exp(pos).sum(1) + neg_exp_dot)[:, None]
+    loss = (-np.log(ratio) * pos_i).sum(1) / denom
+  loss = np.where(denom > 0, loss, 0.0)
+  return float((weights_c * (loss * no_neg_flag)[:, None]).mean())

@@ -128,6 +128,28 @@ def test_conr_official_matches_official_code(case_id):
       assert case_id in ('spread_1view', 'unique_1view', 'mixed_1view', 'b2_unique_2view'), case_id
 
 
+@pytest.mark.parametrize('case_id', ['ties', 'continuous', 'spread_1view', 'views3_ties'])
+def test_accon_conr_matches_references(case_id):
+  """"+ACCon+ConR" (``angle_range``): the paper form against a loop reference, ``official=True``
+  against a NumPy transliteration of Haifengtao/ACCon ``acConR``; R = 12 (a visible compensation on
+  these labels) and the official 100."""
+  f, y, p = case_inputs(case_id)
+  w = np.random.default_rng(11).uniform(0.5, 2.0, size=y.shape).astype(np.float32)
+  for angle_range in (12.0, 100.0):
+    assert_scalar_close(conr_j(f, y, p, weights=w, temperature=0.1, angle_range=angle_range),
+                        R.acconr_ref(f, y, p, angle_range, temperature=0.1, weights=w))
+    # rtol 1e-4: the official clamp of s / 0.07 puts cos theta at +-1, where float32's
+    # sqrt(1 - cos^2 + 1e-6) loses a few digits (as the official float32 code does)
+    assert_scalar_close(conr_j(f, y, p, weights=w, official=True, angle_range=angle_range),
+                        R.acconr_official_ref(f, y, p, angle_range, weights=w), rtol=1e-4)
+  plain = float(conr_j(f, y, p, weights=w, temperature=0.1))
+  if case_id != 'spread_1view':  # there no anchor has both a positive and a negative
+    assert not np.isclose(plain, float(conr_j(f, y, p, weights=w, temperature=0.1,
+                                              angle_range=12.0)), rtol=1e-4)
+  with pytest.raises(ValueError, match='angle_range'):
+    conr(f, y, p, angle_range=0.0)
+
+
 def test_conr_official_differs_from_paper_form_and_ignores_temperature():
   f, y, p = case_inputs('ties')
   w = np.ones_like(y)
@@ -317,7 +339,8 @@ def _grad_groups():
   w = np.array([1.0, 0.5, 2.0, 1.5], np.float64)
   return {
       'conr': lambda f: (conr(f, y, p, temperature=0.3, e=0.5, weights=w),
-                         conr(f, y, p, official=True, weights=w)),
+                         conr(f, y, p, official=True, weights=w),
+                         conr(f, y, p, temperature=0.3, weights=w, angle_range=3.0)),
       'npair': lambda f: (npair(f, y), npair(f, y, normalize=False, l2_reg=0.01)),
       'triplet': lambda f: (
           adaptive_triplet(f, y, margin_scale=0.4),
@@ -476,8 +499,9 @@ def _worker():
   # name -> (views, loss(features, labels, preds, weights, key, axis_name)). Two losses share a case
   # where that is cheaper (one compilation); a value or gradient mismatch in either shows in the sum.
   losses = {
-      'conr_weighted+npair': (2, lambda f, y, p, w, k, axis_name=None: conr(
-          f, y, p, weights=w, temperature=0.1, axis_name=axis_name) + npair(
+      'conr_weighted+accon_conr+npair': (2, lambda f, y, p, w, k, axis_name=None: conr(
+          f, y, p, weights=w, temperature=0.1, axis_name=axis_name) + conr(
+              f, y, p, weights=w, temperature=0.1, angle_range=12.0, axis_name=axis_name) + npair(
               f, y, axis_name=axis_name)),
       'conr_official+triplet_all': (1, lambda f, y, p, w, k, axis_name=None: conr(
           f, y, p, official=True, axis_name=axis_name) + adaptive_triplet(

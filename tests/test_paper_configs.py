@@ -218,6 +218,23 @@ def test_age_configs_hyperparameters():
   loop.check_config_fields(config)
 
 
+def test_accon_with_conr_variants_are_the_accon_recipe_with_acconr():
+  """Table 2's "+ACCon+ConR": the :agedb / :imdb_wiki recipe, method conr with ACCon's angle
+  compensation as the official acConR (window 1, t = 0.07 official, R = 100, gamma 1)."""
+  from contrastive_jax.train import objectives  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  for variant in ("agedb", "imdb_wiki"):
+    base, both = accon.get_config(variant), accon.get_config(f"{variant}_with_conr")
+    assert both.method == "conr" and both.loss.contrastive.to_dict() == dict(
+        window=1.0, temperature=0.07, e=0.01, official=True, angle_range=100.0)
+    for tree in (base, both):
+      tree.method = "x"
+      tree.loss.contrastive = {}
+    assert both.to_dict() == base.to_dict()
+    loop.check_config_fields(accon.get_config(f"{variant}_with_conr"))
+    assert objectives.loss_kwargs("conr", accon.get_config(f"{variant}_with_conr").loss)[
+        "angle_range"] == 100.0
+
+
 def test_existing_variants_unchanged_and_bad_variant():
   for module in (adacon, accon, rnc, supremix):
     for variant in ("digits_angle", "diabetes"):

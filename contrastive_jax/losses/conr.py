@@ -21,6 +21,20 @@ two augmented views concatenated, with ``preds`` = the regressor's outputs ``.de
   * an anchor without positive divides ``0 / 0`` (NaN for the whole batch). The official training
     always has two views, so every anchor has at least its other view as a positive there; we return 0
     for such anchors in both modes (the contract: no NaN for finite inputs).
+
+``angle_range=R`` is ACCon's "+ACCon+ConR" (Zhao et al. 2025, Table 2; official Haifengtao/ACCon
+``agedb/loss.py::acConR``): the confusing negatives enter the denominator with ACCon's
+angle-compensated logit instead of the pushing weight,
+
+    psi_in = cos(theta_in + phi_in) = cos theta cos phi - sin theta |sin phi|,
+    phi_in = (1 - |y_n - y_i| / R) pi,   sin theta = sqrt(1 - cos^2 theta + 1e-6),
+
+as ``exp(psi_in / tau)`` (no ``S_in``; ``weights`` still scale the per-anchor losses), R = 100 there.
+With ``official=True`` also its quirk: ``cos theta`` is the clamp to [-1, 1] of ``s / 0.07`` (the
+similarity already divided by the temperature), not of ``s``. (That repository's train.py lists
+"acConR" among its regularisers but calls ``acConR()`` without arguments: the function above is the
+definition followed.)
+
 The log-denominator is evaluated with a max-shifted log-sum-exp (``log S_in`` added to the negative
 logits, the ``M - |P(i)|`` ones of ``official=True`` as one extra logit ``log(M - |P(i)|)``), so it equals
 the official value wherever that is finite.
@@ -39,6 +53,7 @@ from contrastive_jax.losses import _checks
 from contrastive_jax.pairwise.rows import gather
 
 OFFICIAL_TEMPERATURE = 0.07  # hard-coded in the official ConR function
+ANGLE_EPSILON = 1e-6  # inside acConR's sin(theta) = sqrt(1 - cos^2 + eps)
 
 
 def _check_finite_scalar(value, name: str, minimum: Optional[float] = None):
@@ -79,7 +94,8 @@ def _check_weights(weights, batch: int):
 
 def conr(features: jax.Array, labels: jax.Array, preds: jax.Array, *, window: float = 1.0,
          temperature: float = 0.07, e: float = 0.01, weights: Optional[jax.Array] = None,
-         official: bool = False, axis_name: Optional[str] = None) -> jax.Array:
+         official: bool = False, angle_range: Optional[float] = None,
+         axis_name: Optional[str] = None) -> jax.Array:
   """ConR loss (see the module docstring for the equation and the official-code differences).
 
   Args:
@@ -94,6 +110,8 @@ def conr(features: jax.Array, labels: jax.Array, preds: jax.Array, *, window: fl
     weights: optional ``[batch]`` per-sample weights (>= 0; default 1): scale the pushing weights and
       the per-anchor losses. An anchor with weight 0 contributes exactly 0.
     official: reproduce BorealisAI/ConR ``agedb-dir/loss.py::ConR`` (module docstring).
+    angle_range: None (ConR) or the label range ``R`` of ACCon's angle compensation of the
+      negatives ("+ACCon+ConR", module docstring; 100 in the official code), in label units.
     axis_name: mesh axis when called per shard inside ``shard_map`` (``None``: dense).
 
   Returns:
@@ -107,6 +125,8 @@ def conr(features: jax.Array, labels: jax.Array, preds: jax.Array, *, window: fl
   _check_finite_scalar(e, "e")
   if not official:
     _checks.check_positive(temperature, "temperature")
+  if angle_range is not None:
+    _checks.check_positive(angle_range, "angle_range")
   if weights is None:
     weights = jnp.ones((batch,), features.dtype)
   else:
@@ -131,7 +151,14 @@ def conr(features: jax.Array, labels: jax.Array, preds: jax.Array, *, window: fl
   # log of the pushing weight: log(weights_i) + e |dy|; weights_i = 0 anchors are zeroed below, any
   # finite stand-in keeps their (unused) denominator finite.
   log_w = jnp.log(jnp.where(anchor_w > 0, anchor_w, 1.0))
-  denominator_logits = jnp.where(negative, logits + log_w[:, None] + e * label_dist, logits)
+  if angle_range is None:
+    denominator_logits = jnp.where(negative, logits + log_w[:, None] + e * label_dist, logits)
+  else:  # +ACCon+ConR: the negatives' angle-compensated logits cos(theta + phi) / tau
+    cos_theta = jnp.clip(logits if official else logits * tau, -1.0, 1.0)
+    phi = (1.0 - label_dist / angle_range) * jnp.pi
+    sin_theta = jnp.sqrt(1.0 - jnp.square(cos_theta) + ANGLE_EPSILON)
+    angle_logits = (cos_theta * jnp.cos(phi) - sin_theta * jnp.abs(jnp.sin(phi))) / tau
+    denominator_logits = jnp.where(negative, angle_logits, logits)
   in_denominator = positive | negative
   num_positive = jnp.sum(positive, axis=1)
   has_pos = num_positive > 0
@@ -150,4 +177,4 @@ def conr(features: jax.Array, labels: jax.Array, preds: jax.Array, *, window: fl
   per_anchor = jnp.where(has_pos & has_neg, per_anchor, 0.0) * anchor_w
   return _checks.nan_unless_valid(
       pairwise.global_mean(per_anchor, axis_name), axis_name, finite=(features, labels, preds, e),
-      positive=(None if official else temperature,), nonnegative=(window, weights))
+      positive=(None if official else temperature, angle_range), nonnegative=(window, weights))

@@ -183,7 +183,8 @@ register("supremix", Method(supremix, inputs=("labels", "key"),
                             options=("temperature", "window", "beta", "alphas", "official",
                                      "chunk_elements")))
 register("conr", Method(conr, inputs=("labels", "preds"),
-                        options=("window", "temperature", "e", "weights", "official")))
+                        options=("window", "temperature", "e", "weights", "official",
+                                 "angle_range")))
 register("ranksim", Method(ranksim, inputs=("labels", "key"), options=("lambda_",)))
 register("npair", Method(npair, options=("normalize", "l2_reg")))
 register("adaptive_triplet", Method(adaptive_triplet, options=("margin_scale", "mining", "distance",
