@@ -26,8 +26,12 @@ def _unit(z):
 # ----------------------------------------------------------------------------------------------------
 # ConR
 # ----------------------------------------------------------------------------------------------------
-def conr_ref(features, labels, preds, window=1.0, temperature=0.07, e=0.01, weights=None):
-  """ConR (paper form): anchors without a positive or without a negative contribute 0."""
+def conr_ref(features, labels, preds, window=1.0, temperature=0.07, e=0.01, weights=None,
+             angle_range=None):
+  """ConR (paper form): anchors without a positive or without a negative contribute 0. With
+  ``angle_range`` R, "+ACCon+ConR": each confusing negative enters the denominator as
+  exp(cos(theta + phi) / tau) (ACCon's angle, theta of the cosine itself, phi = (1 - |dy| / R) pi)
+  instead of with the pushing weight."""
   z, sample = _rows(features)
   z = _unit(z)
   m = z.shape[0]
@@ -42,7 +46,11 @@ def conr_ref(features, labels, preds, window=1.0, temperature=0.07, e=0.01, weig
       continue
     s = lambda k, i=i: float(z[i] @ z[k]) / temperature
     denom = sum(math.exp(s(k)) for k in pos)
-    denom += sum(w[i] * math.exp(e * abs(y[k] - y[i])) * math.exp(s(k)) for k in neg)
+    if angle_range is None:
+      denom += sum(w[i] * math.exp(e * abs(y[k] - y[i])) * math.exp(s(k)) for k in neg)
+    else:
+      denom += sum(math.exp(_angle_logit(min(max(s(k) * temperature, -1.0), 1.0),
+                                         abs(y[k] - y[i]), angle_range, temperature)) for k in neg)
     li = -sum(s(k) - math.log(denom) for k in pos) / len(pos)
     total += w[i] * li
   return total / m
@@ -214,29 +222,6 @@ def _angle_logit(cos_theta, label_dist, angle_range, temperature):
   phi = (1.0 - label_dist / angle_range) * math.pi
   sin_theta = math.sqrt(1.0 - cos_theta ** 2 + 1e-6)
   return (cos_theta * math.cos(phi) - sin_theta * abs(math.sin(phi))) / temperature
-
-
-def acconr_ref(features, labels, preds, angle_range, window=1.0, temperature=0.07, weights=None):
-  """"+ACCon+ConR" (paper form): ConR whose confusing negatives enter the denominator as
-  exp(cos(theta + phi) / tau) (ACCon's angle, theta of the cosine itself), no pushing weight."""
-  z, sample = _rows(features)
-  z = _unit(z)
-  m = z.shape[0]
-  y = np.asarray(labels, np.float64)[sample]
-  p = np.asarray(preds, np.float64).reshape(-1)
-  w = np.ones(m) if weights is None else np.asarray(weights, np.float64)[sample]
-  total = 0.0
-  for i in range(m):
-    pos = [k for k in range(m) if k != i and abs(y[k] - y[i]) <= window]
-    neg = [k for k in range(m) if abs(y[k] - y[i]) > window and abs(p[k] - p[i]) <= window]
-    if not pos or not neg:
-      continue
-    c = lambda k, i=i: min(max(float(z[i] @ z[k]), -1.0), 1.0)
-    denom = sum(math.exp(c(k) / temperature) for k in pos)
-    denom += sum(math.exp(_angle_logit(c(k), abs(y[k] - y[i]), angle_range, temperature))
-                 for k in neg)
-    total += w[i] * -sum(c(k) / temperature - math.log(denom) for k in pos) / len(pos)
-  return total / m
 
 
 def acconr_official_ref(features, labels, preds, angle_range=100.0, window=1.0, weights=None):

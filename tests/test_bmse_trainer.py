@@ -26,7 +26,7 @@ from contrastive_jax.train import defaults  # pylint: disable=g-import-not-at-to
 from contrastive_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train import run  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top,wrong-import-position
-from contrastive_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.test_train import final_params  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train.optim import make_optimizer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top,wrong-import-position
 from contrastive_jax.train.step import AXIS, make_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -146,22 +146,14 @@ def runs(tmp_path_factory):
           "stopped": stopped, "resumed": resumed}
 
 
-def _final_params(workdir):
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  step = ckpt.latest_step()
-  state, _ = ckpt.restore_tree(step)
-  ckpt.close()
-  return step, state["params"]
-
-
 def test_bmse_run_trains_checkpoints_resumes_exactly(runs):  # pylint: disable=redefined-outer-name
   assert runs["stopped"] == {"status": "stopped", "steps": 5}
   assert runs["resumed"] == runs["expected"]
   with open(os.path.join(runs["straight"], "results.json")) as f:
     saved = json.load(f)
   assert np.isfinite(saved["test"]["mae"])
-  step_a, params_a = _final_params(runs["straight"])
-  step_b, params_b = _final_params(runs["interrupted"])
+  step_a, params_a = final_params(runs["straight"])
+  step_b, params_b = final_params(runs["interrupted"])
   assert step_a == step_b == 10
   chex.assert_trees_all_equal(params_a, params_b)  # the noise scale included
   lines = [json.loads(l) for l in open(os.path.join(runs["straight"], "metrics.jsonl"))]

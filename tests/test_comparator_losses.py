@@ -137,7 +137,8 @@ def test_accon_conr_matches_references(case_id):
   w = np.random.default_rng(11).uniform(0.5, 2.0, size=y.shape).astype(np.float32)
   for angle_range in (12.0, 100.0):
     assert_scalar_close(conr_j(f, y, p, weights=w, temperature=0.1, angle_range=angle_range),
-                        R.acconr_ref(f, y, p, angle_range, temperature=0.1, weights=w))
+                        R.conr_ref(f, y, p, temperature=0.1, weights=w,
+                                              angle_range=angle_range))
     # rtol 1e-4: the official clamp of s / 0.07 puts cos theta at +-1, where float32's
     # sqrt(1 - cos^2 + 1e-6) loses a few digits (as the official float32 code does)
     assert_scalar_close(conr_j(f, y, p, weights=w, official=True, angle_range=angle_range),
