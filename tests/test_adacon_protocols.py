@@ -207,8 +207,9 @@ def get_config(variant):
 def test_two_stage_and_external_validation_from_the_command_line(tmp_path, folds):
   """`python -m launch` runs stage 1 (:bmd_pretrain) and stage 2 (:bmd_finetune, init_from stage 1)
   per fold, then `python -m contrastive_jax.train.external` ensembles the fine-tuned fold models on
-  the external list. The default suite runs one fold (the ensemble of one model), the slow suite
-  two."""
+  the external list. The default suite runs the two stages of one fold (its external validation is
+  test_external_validation_is_the_fold_average, in process), the slow suite two folds and the
+  command."""
   root = write_external(write_bmd(tmp_path / "data"))
   config = launch_process.config_file(tmp_path / "tiny_bmd.py", TINY_BMD)
   finetuned = []
@@ -225,6 +226,8 @@ def test_two_stage_and_external_validation_from_the_command_line(tmp_path, folds
       saved = json.load(f)
     assert saved["method"] == "none" and np.isfinite(saved["test"]["mae"])
     finetuned.append(stage2)
+  if len(folds) == 1:  # the default suite: the external step is checked in process above
+    return
   output = str(tmp_path / "external")
   done = launch_process.run_module(
       "contrastive_jax.train.external", f"--config={config}:bmd",

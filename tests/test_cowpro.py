@@ -504,7 +504,9 @@ EIGHT_DEVICE_WORKER = textwrap.dedent("""
 """)
 
 
-# Two subprocess runs (1 and 8 forced CPU devices): 15-18 s on a 2-core CPU, so not marked slow.
+# Two subprocess runs (1 and 8 forced CPU devices): 15-18 s on a 2-core CPU, in the slow suite (the
+# default suite's 10-minute budget).
+@pytest.mark.slow
 def test_eight_devices_train_like_one(tmp_path):
   """The CoWPro step is data-parallel: 8 devices (one episode each, the same episodes as one device
   draws, BatchNorm synchronised over the 'batch' axis, the global-mean loss) give the 1-device losses,
