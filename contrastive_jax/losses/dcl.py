@@ -30,6 +30,7 @@ raminnakhli code keeps their gradient.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -38,22 +39,10 @@ import jax.numpy as jnp
 from contrastive_jax import pairwise
 from contrastive_jax.losses import _checks
 from contrastive_jax.losses.supcon import SOFTMAX_KINDS
+from contrastive_jax.losses.supcon import _label_logits
 from contrastive_jax.losses.supcon import mean_log_prob
+from contrastive_jax.losses.supcon import softmax_pair_fn
 from contrastive_jax.losses.supcon import unit_rows
-
-
-def decoupled_statistics(logits: jax.Array, positive: jax.Array, is_self: jax.Array):
-  """:data:`SOFTMAX_KINDS` of one tile with the positives left out of the denominator: (negative
-  logits, positive logits, positives)."""
-  positive = positive & ~is_self
-  negative = ~(positive | is_self)
-  return (jnp.where(negative, logits, -jnp.inf), jnp.where(positive, logits, 0.0),
-          positive.astype(logits.dtype))
-
-
-def _from_dot(params, cos, a_sample, c_sample, is_self):
-  return decoupled_statistics(cos / params["temperature"], a_sample[:, None] == c_sample[None, :],
-                              is_self)
 
 
 def _global_logsumexp(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
@@ -92,10 +81,13 @@ def dcl(features: jax.Array, temperature: float = 0.1, sigma: Optional[float] = 
     _checks.check_positive(sigma, "sigma")
   block = pairwise.blocking(impl, tile, matmul_dtype)
   rows = unit_rows(features, axis_name)
-  stats = pairwise.row_statistics(pairwise.DotPairFn(_from_dot, block.matmul_dtype), SOFTMAX_KINDS,
-                                  {"temperature": temperature}, rows.anchors, rows.columns,
-                                  rows.anchor_sample, rows.column_sample, rows.row_offset,
-                                  block=block, axis_name=axis_name)
+  # SimCLR's pair logits (cos / tau, positives: the same sample), the positives out of the denominator
+  pair_fn = softmax_pair_fn(functools.partial(_label_logits, None), block.matmul_dtype,
+                            decoupled=True)
+  stats = pairwise.row_statistics(pair_fn, SOFTMAX_KINDS, {"temperature": temperature},
+                                  rows.anchors, rows.columns, rows.anchor_sample,
+                                  rows.column_sample, rows.row_offset, block=block,
+                                  axis_name=axis_name)
   if sigma is None:
     per_anchor = mean_log_prob(*stats)
   else:  # DCLW: -w_i c_i / tau + log sum_neg, w_i of the stop-gradient positive cosines c_i

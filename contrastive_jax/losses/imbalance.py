@@ -445,12 +445,10 @@ def balanced_mse(predictions: jax.Array, targets: jax.Array, noise_sigma, kind: 
 @functools.partial(jax.jit, static_argnames=("kind",))
 def _balanced_mse(pred, target, noise_var, gmm_arrays, w, sample=None, *, kind):
   """Balanced MSE after validation: one compiled program per shape (also when called eagerly)."""
-  if kind == "bmc" and sample is not None:
+  if kind == "bmc":  # the Monte-Carlo sample: the batch's targets unless given
+    sample = target if sample is None else sample
     logits = -0.5 * jnp.square(pred[:, None] - sample[None, :]) / noise_var  # [N, M]
     per_example = jax.nn.logsumexp(logits, axis=1) + 0.5 * jnp.square(pred - target) / noise_var
-  elif kind == "bmc":
-    logits = -0.5 * jnp.square(pred[:, None] - target[None, :]) / noise_var  # [N, N]
-    per_example = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
   else:
     means, variances, mix = gmm_arrays
     mse_term = 0.5 * jnp.square(pred - target) / noise_var + 0.5 * jnp.log(noise_var)

@@ -25,11 +25,15 @@ from contrastive_jax.losses import _checks
 SOFTMAX_KINDS = ("lse", "sum", "sum")
 
 
-def softmax_statistics(logits: jax.Array, positive: jax.Array, is_self: jax.Array):
-  """The :data:`SOFTMAX_KINDS` entries of one tile: (denominator logits, positive logits, positives)."""
+def softmax_statistics(logits: jax.Array, positive: jax.Array, is_self: jax.Array,
+                       decoupled: bool = False):
+  """The :data:`SOFTMAX_KINDS` entries of one tile: (denominator logits, positive logits, positives).
+  The denominator holds every other column, or with ``decoupled`` only the non-positive ones (DCL,
+  :mod:`contrastive_jax.losses.dcl`)."""
   valid = ~is_self
   positive = positive & valid
-  return (jnp.where(valid, logits, -jnp.inf), jnp.where(positive, logits, 0.0),
+  in_denominator = valid & ~positive if decoupled else valid
+  return (jnp.where(in_denominator, logits, -jnp.inf), jnp.where(positive, logits, 0.0),
           positive.astype(logits.dtype))
 
 
@@ -38,13 +42,14 @@ def mean_log_prob(log_denominator, positive_sum, count):
   return positive_sum / jnp.maximum(count, 1.0) - jnp.where(count > 0, log_denominator, 0.0)
 
 
-def softmax_pair_fn(logits_fn, matmul_dtype=None) -> pairwise.DotPairFn:
+def softmax_pair_fn(logits_fn, matmul_dtype=None, decoupled: bool = False) -> pairwise.DotPairFn:
   """Pair function of the SupCon family from ``logits_fn(params, cos, a_aux, c_aux)`` returning the
   tile's ``(logits, positive)`` from its dot products ``cos`` (every mode, ``'fused'`` included:
-  the Pallas kernel applies the same ``logits_fn`` to the block it forms on chip)."""
+  the Pallas kernel applies the same ``logits_fn`` to the block it forms on chip); ``decoupled``:
+  see :func:`softmax_statistics`."""
   def from_dot(params, cos, a_aux, c_aux, is_self):
     logits, positive = logits_fn(params, cos, a_aux, c_aux)
-    return softmax_statistics(logits, positive, is_self)
+    return softmax_statistics(logits, positive, is_self, decoupled)
   return pairwise.DotPairFn(from_dot, matmul_dtype)
 
 
