@@ -191,7 +191,6 @@ def run_config() -> ml_collections.ConfigDict:
   return c
 
 
-
 def ssl_config(name: str, variant: str, image_variants) -> ml_collections.ConfigDict:
   """The shared set-up of a self-supervised config's ``variant``: a bundled data set scored by kNN
   (``recipes.self_supervised``) or one of ``image_variants`` (``recipes.ssl_image``: the backbone,

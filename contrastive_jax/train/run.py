@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax.data.prefetch import Prefetcher
 from contrastive_jax.train import run_checks
+from contrastive_jax.train.bmse import DEFAULTS as BMSE_DEFAULTS
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.step import AXIS
 from contrastive_jax.train.workdir_lock import locked_workdir
@@ -60,8 +61,7 @@ ADDED_FIELDS = {"data.normalize": ("", None), "optim.exclude_bias_and_norm": (No
                 "model.dtype": ("float32",),
                 "data.long_tail_ratio": (1.0,), "eval.l2_knn_ks": ([],),
                 "data.oversample": (False,), "model.temporal": ("convlstm",),
-                "loss.bmse": ({"kind": "gai", "init_noise_sigma": 1.0, "sigma_lr": 0.01,
-                               "fix_noise_sigma": False, "gmm_components": 8},)}
+                "loss.bmse": (dict(BMSE_DEFAULTS),)}
 # Fields that never change what a resumed run computes: where the data are staged (``data.root``),
 # the weights of step 0, which a checkpoint already holds (``model.init_from``; resuming ignores
 # it), and the schedule of the pairwise loss (``loss.impl`` / ``loss.tile``: the same function, e.g.

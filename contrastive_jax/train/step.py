@@ -198,10 +198,10 @@ def make_train_step(model, config, mesh, augment_fn: Callable, schedule: Callabl
   the training labels (``objectives.prepare``, e.g. AdaCon's ECDF, applied to each batch's labels
   on device). ``select_fn``: see :func:`augment_views`. With ``loss.reg='bmse'`` (Balanced MSE,
   :mod:`contrastive_jax.train.bmse`) ``L_reg`` uses the noise scale ``state.params[bmse.SIGMA_KEY]``
-  (metric ``noise_sigma``) and, for GAI, ``gmm``, the training-label GMM in the targets' units. ``config.micro_batch_unroll`` chooses how micro-batches run (see
-  :func:`embedding_cache_grads`). A non-finite
-  loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python branch) and sets
-  ``metrics['nonfinite']``, which the loop turns into an error naming the step.
+  (metric ``noise_sigma``) and, for GAI, ``gmm``, the training-label GMM in the targets' units.
+  ``config.micro_batch_unroll`` chooses how micro-batches run (see :func:`embedding_cache_grads`).
+  A non-finite loss or gradient leaves params/optimizer state unchanged (``jnp.where``, no Python
+  branch) and sets ``metrics['nonfinite']``, which the loop turns into an error naming the step.
   """
   method = config.method
   objectives.check_method(method)

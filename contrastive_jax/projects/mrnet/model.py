@@ -68,8 +68,9 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_outputs: int) -> nn
 
   Fields: ``arch``; 'skid': ``variant``, ``width_factor``, ``skip_scale``, ``no_blocks``,
   ``use_bn``, ``kernel_init``, ``branch_conv_impl`` (as the pretext config, so the trunk fits its
-  weights), ``lstm_features``, ``temporal`` ('convlstm' or Tab. 3.13's 'conv3d'), ``freeze``; 'sslacl': ``width_factor``, ``use_bn``, ``kernel_init``,
-  ``branch_conv_impl``, ``conv_features`` (``'max'`` entries: a max-pool), ``fc_features``,
+  weights), ``lstm_features``, ``temporal`` ('convlstm' or Tab. 3.13's 'conv3d'; the model checks
+  it), ``freeze``; 'sslacl': ``width_factor``, ``use_bn``, ``kernel_init``, ``branch_conv_impl``,
+  ``conv_features`` (``'max'`` entries: a max-pool), ``fc_features``,
   ``classifier_bn``, ``freeze``; 'slice_max': ``encoder``, ``encoder_kwargs``; all: ``dtype``
   (compute dtype, ``models.model_dtype``).
   """
@@ -87,13 +88,9 @@ def build(model_cfg, axis_name: Optional[str] = None, *, num_outputs: int) -> nn
                  kernel_init=get('kernel_init', 'he_normal'),
                  branch_conv_impl=get('branch_conv_impl', 'shifted_matmul'), axis_name=axis_name,
                  dtype=models.model_dtype(model_cfg))
-    temporal = get('temporal', 'convlstm')
-    if temporal not in jigsaw_model.TEMPORAL_HEADS:
-      raise ValueError(f'Unknown model.temporal={temporal!r}; expected one of '
-                       f'{jigsaw_model.TEMPORAL_HEADS}.')
     return jigsaw_model.SKIDDownstream(trunk=trunk, lstm_features=_ints(get('lstm_features')),
                                        num_outputs=num_outputs, freeze_trunk=bool(get('freeze')),
-                                       temporal=temporal)
+                                       temporal=get('temporal', 'convlstm'))
   if arch == 'sslacl':
     widths = jigsaw_model.scale_widths(jigsaw_model.SSLACL_WIDTHS, float(get('width_factor', 1.0)))
     conv = tuple(f if f == 'max' else int(f) for f in get('conv_features'))
